@@ -1,0 +1,225 @@
+//! The balancer's own endpoints: `GET /health`, `GET /lb` (HTML) and
+//! `GET /lb/status` (the same data as JSON). Everything else is proxied.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use askama::Template;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::Balancer;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::json_response;
+
+/// Paths the balancer answers itself.
+pub fn is_own_endpoint(path: &str) -> bool {
+    matches!(path, "/health" | "/lb" | "/lb/" | "/lb/status")
+}
+
+/// Answers one of [`is_own_endpoint`]'s paths.
+pub fn handle<B>(state: &Balancer, req: &Request<B>) -> Response<ProxyBody> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut resp = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({ "error": "method not allowed", "status": 405 }),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let status = Status::collect(state);
+    match req.uri().path() {
+        "/health" => {
+            let code = if status.healthy > 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                code,
+                &serde_json::json!({
+                    "status": if status.healthy > 0 { "ok" } else { "unavailable" },
+                    "healthy_backends": status.healthy,
+                    "backends": status.backends.len(),
+                }),
+            )
+        }
+        "/lb/status" => match serde_json::to_value(&status) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e) => internal_error(&e),
+        },
+        _ => match (LbPage { s: &status }).render() {
+            Ok(html) => {
+                let mut resp = Response::new(ProxyBody::full(html));
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
+            }
+            Err(e) => internal_error(&e),
+        },
+    }
+}
+
+fn internal_error(e: &dyn std::fmt::Display) -> Response<ProxyBody> {
+    tracing::error!(error = %e, "status page failed to render");
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &serde_json::json!({ "error": "internal error", "status": 500 }),
+    )
+}
+
+/// Everything `/lb` and `/lb/status` show.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub uptime_secs: u64,
+    pub started_at: String,
+    pub now: String,
+    pub discovery: DiscoveryStatus,
+    pub health_check: HealthCheckStatus,
+    /// Backends up and taking clients.
+    pub healthy: usize,
+    pub totals: TotalsStatus,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiscoveryStatus {
+    pub mode: &'static str,
+    pub last_refresh: Option<String>,
+    pub last_refresh_ago_secs: Option<u64>,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthCheckStatus {
+    pub path: String,
+    pub interval_secs: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TotalsStatus {
+    pub requests: u64,
+    pub active: u64,
+    pub errors: u64,
+    pub failed_requests: u64,
+    pub clients: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    /// The name the ring places (`host:port` as configured or resolved).
+    pub name: String,
+    /// The socket address connections go to.
+    pub address: String,
+    /// `up`, `down` or `draining` (weight 0).
+    pub state: &'static str,
+    pub healthy: bool,
+    pub weight: u32,
+    pub last_check: Option<String>,
+    pub last_check_ago_secs: Option<u64>,
+    pub latency_ms: Option<f64>,
+    pub last_error: Option<String>,
+    pub active: u64,
+    pub total: u64,
+    pub errors: u64,
+    /// Share of the hash space, 0..=1.
+    pub share: f64,
+    /// Client connections whose latest request went here.
+    pub clients: i64,
+}
+
+impl Status {
+    pub fn collect(state: &Balancer) -> Status {
+        let now = SystemTime::now();
+        let pool = state.pool();
+        let backends: Vec<BackendStatus> = pool
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let check = b.health.last_check();
+                let up = b.health.is_up();
+                BackendStatus {
+                    name: b.name().to_owned(),
+                    address: b.addr().to_string(),
+                    state: match (b.endpoint.weight, up) {
+                        (_, false) => "down",
+                        (0, true) => "draining",
+                        _ => "up",
+                    },
+                    healthy: up,
+                    weight: b.endpoint.weight,
+                    last_check: check.at.map(http_date),
+                    last_check_ago_secs: check.at.map(|t| ago(now, t)),
+                    latency_ms: check
+                        .latency
+                        .map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0),
+                    last_error: check.error,
+                    active: b.stats.active.load(Relaxed),
+                    total: b.stats.total.load(Relaxed),
+                    errors: b.stats.errors.load(Relaxed),
+                    share: pool.ring.share(i),
+                    clients: b.stats.clients.load(Relaxed).max(0),
+                }
+            })
+            .collect();
+        let d = state.discovery_state();
+        let h = &state.config.health;
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: state.started.elapsed().as_secs(),
+            started_at: http_date(state.started_at),
+            now: http_date(now),
+            discovery: DiscoveryStatus {
+                mode: state.discovery_mode,
+                last_refresh: d.last_refresh.map(http_date),
+                last_refresh_ago_secs: d.last_refresh.map(|t| ago(now, t)),
+                ok: d.ok,
+                message: d.message,
+            },
+            health_check: HealthCheckStatus {
+                path: h.path.clone(),
+                interval_secs: h.interval.as_secs(),
+                timeout_ms: h.timeout.as_millis() as u64,
+                rise: h.rise,
+                fall: h.fall,
+            },
+            healthy: backends.iter().filter(|b| b.state == "up").count(),
+            totals: TotalsStatus {
+                requests: state.totals.requests.load(Relaxed),
+                active: backends.iter().map(|b| b.active).sum(),
+                errors: backends.iter().map(|b| b.errors).sum(),
+                failed_requests: state.totals.failed.load(Relaxed),
+                clients: backends.iter().map(|b| b.clients).sum(),
+            },
+            backends,
+        }
+    }
+}
+
+fn ago(now: SystemTime, then: SystemTime) -> u64 {
+    now.duration_since(then).unwrap_or(Duration::ZERO).as_secs()
+}
+
+/// `Sun, 22 Nov 2026 03:20:00 GMT`, the format HTTP itself uses.
+fn http_date(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t.max(UNIX_EPOCH))
+}
+
+/// `/lb`: the status page.
+#[derive(Template)]
+#[template(path = "lb.html")]
+struct LbPage<'a> {
+    s: &'a Status,
+}

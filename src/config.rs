@@ -1,0 +1,399 @@
+//! Typed configuration, parsed once at start-up.
+//!
+//! Only binaries read the process environment: they build an [`Env`] (after
+//! `dotenvy` has loaded `.env`) and hand it to a `from_env` constructor. Tests
+//! build an [`Env`] from pairs, so no test ever mutates the process
+//! environment. Every variable is named in exactly one place, and a bad value
+//! comes back as a [`ConfigError`] that names the variable, so `main` can print
+//! it and exit non-zero instead of running with a guess.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::backend::BackendSpec;
+
+/// A bad configuration value: which variable, what it held, what was wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &'static str, value: &str, reason: impl Display) -> Self {
+        ConfigError {
+            var,
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A snapshot of environment variables. Empty values count as unset, the way
+/// `.env` files and compose files usually mean them.
+#[derive(Debug, Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    /// The process environment (call `dotenvy::dotenv()` first to merge `.env`).
+    pub fn from_process() -> Self {
+        Env(std::env::vars().collect())
+    }
+
+    /// An environment made of the given pairs only (tests, embedding).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Env(pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect())
+    }
+
+    /// Sets one variable (used by command-line flags that mirror a variable).
+    pub fn set(&mut self, var: &str, value: impl Into<String>) {
+        self.0.insert(var.to_owned(), value.into());
+    }
+
+    /// The raw value, trimmed; `None` when unset or empty.
+    pub fn raw(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    /// Parses `var` with `FromStr`, or returns `default` when it is unset.
+    pub fn parse_or<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.parse_opt(var).map(|v| v.unwrap_or(default))
+    }
+
+    /// Parses `var` with `FromStr`; `None` when it is unset.
+    pub fn parse_opt<T>(&self, var: &'static str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(var) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|e| ConfigError::new(var, v, e)),
+        }
+    }
+
+    /// A count or size that must lie in `min..=max`.
+    pub fn range_or<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+        T::Err: Display,
+    {
+        let v = self.parse_or(var, default)?;
+        if v < min || v > max {
+            return Err(ConfigError::new(
+                var,
+                &v.to_string(),
+                format_args!("must be between {min} and {max}"),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// A duration given in whole seconds, at least one.
+    pub fn secs_or(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.range_or(var, default, 1, 86_400)
+            .map(Duration::from_secs)
+    }
+
+    /// A duration given in milliseconds, at least one.
+    pub fn millis_or(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.range_or(var, default, 1, 3_600_000)
+            .map(Duration::from_millis)
+    }
+
+    /// A TCP port, 1..=65535.
+    pub fn port_or(&self, var: &'static str, default: u16) -> Result<u16, ConfigError> {
+        self.range_or(var, default, 1, u16::MAX)
+    }
+
+    /// A comma-separated list of CIDR blocks; a bare address means a single host.
+    pub fn cidrs(&self, var: &'static str, default: &str) -> Result<Vec<IpNet>, ConfigError> {
+        let raw = self.raw(var).unwrap_or(default);
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::new(
+                            var,
+                            raw,
+                            format_args!("{s:?} is not a CIDR block or IP address"),
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Where the balancer's backends come from; the first that is configured wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryConfig {
+    /// `BACKEND_HOSTS`: a fixed list.
+    Static(Vec<BackendSpec>),
+    /// `BACKEND_DNS` + `BACKEND_PORT`, re-resolved every `DNS_REFRESH_SECS`.
+    Dns {
+        name: String,
+        port: u16,
+        refresh: Duration,
+        /// `DNS_SERVER`: query this server instead of the system resolver.
+        server: Option<SocketAddr>,
+    },
+    /// `BACKEND_HOST` + `BACKEND_START_PORT` + `BACKEND_COUNT`.
+    PortRange {
+        host: String,
+        start: u16,
+        count: u16,
+    },
+}
+
+impl DiscoveryConfig {
+    /// The short name shown on the status page.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            DiscoveryConfig::Static(_) => "static",
+            DiscoveryConfig::Dns { .. } => "dns",
+            DiscoveryConfig::PortRange { .. } => "port-range",
+        }
+    }
+}
+
+/// Active health checking (`HEALTH_*`).
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub path: String,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+/// Limits and timeouts on every phase of a proxied exchange.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    /// Largest request head (request line + headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Time an idle keep-alive client connection is kept open, counted until
+    /// its next request head is complete (hyper measures both as one phase,
+    /// so this also bounds a slow sender of headers).
+    pub idle_timeout: Duration,
+    /// Time to open a TCP connection to a backend.
+    pub connect_timeout: Duration,
+    /// Time a backend has to start answering (response head).
+    pub upstream_timeout: Duration,
+    /// Idle pooled connections kept per backend.
+    pub pool_max_idle: usize,
+    /// Time an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+/// Everything the balancer needs, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct BalancerConfig {
+    pub listen: SocketAddr,
+    pub discovery: DiscoveryConfig,
+    pub health: HealthConfig,
+    pub limits: ProxyLimits,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_grace: Duration,
+    /// `WORKER_THREADS`: tokio worker threads (0 = one per core).
+    pub worker_threads: usize,
+}
+
+impl BalancerConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let host: IpAddr = env.parse_or("BALANCER_HOST", IpAddr::from([0, 0, 0, 0]))?;
+        let port = env.port_or("BALANCER_PORT", 13003)?;
+        Ok(BalancerConfig {
+            listen: SocketAddr::new(host, port),
+            discovery: discovery_from_env(env)?,
+            health: HealthConfig {
+                interval: env.secs_or("HEALTH_INTERVAL_SECS", 30)?,
+                path: health_path(env)?,
+                timeout: env.millis_or("HEALTH_TIMEOUT_MS", 2_000)?,
+                rise: env.range_or("HEALTH_RISE", 2, 1, 100)?,
+                fall: env.range_or("HEALTH_FALL", 2, 1, 100)?,
+            },
+            limits: ProxyLimits {
+                max_header_bytes: env.range_or(
+                    "MAX_HEADER_BYTES",
+                    64 * 1024,
+                    8 * 1024,
+                    1024 * 1024,
+                )?,
+                idle_timeout: env.secs_or("CLIENT_IDLE_TIMEOUT_SECS", 60)?,
+                connect_timeout: env.millis_or("CONNECT_TIMEOUT_MS", 2_000)?,
+                upstream_timeout: env.secs_or("UPSTREAM_TIMEOUT_SECS", 60)?,
+                pool_max_idle: env.range_or("POOL_MAX_IDLE", 64, 0, 100_000)?,
+                pool_idle_timeout: env.secs_or("POOL_IDLE_TIMEOUT_SECS", 30)?,
+            },
+            trusted_proxies: env.cidrs("TRUSTED_PROXIES", "")?,
+            shutdown_grace: env.secs_or("SHUTDOWN_GRACE_SECS", 30)?,
+            worker_threads: env.range_or("WORKER_THREADS", 0, 0, 1024)?,
+        })
+    }
+}
+
+fn health_path(env: &Env) -> Result<String, ConfigError> {
+    let path = env.raw("HEALTH_PATH").unwrap_or("/health");
+    if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
+        return Err(ConfigError::new(
+            "HEALTH_PATH",
+            path,
+            "must be an absolute path such as /health",
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+fn discovery_from_env(env: &Env) -> Result<DiscoveryConfig, ConfigError> {
+    if let Some(hosts) = env.raw("BACKEND_HOSTS") {
+        let specs = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<BackendSpec>()
+                    .map_err(|e| ConfigError::new("BACKEND_HOSTS", hosts, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if specs.is_empty() {
+            return Err(ConfigError::new("BACKEND_HOSTS", hosts, "lists no backend"));
+        }
+        return Ok(DiscoveryConfig::Static(specs));
+    }
+    if let Some(name) = env.raw("BACKEND_DNS") {
+        if name.contains(['/', ' ', ':']) {
+            return Err(ConfigError::new(
+                "BACKEND_DNS",
+                name,
+                "must be a DNS name such as api or tasks.api",
+            ));
+        }
+        return Ok(DiscoveryConfig::Dns {
+            name: name.to_owned(),
+            port: env.port_or("BACKEND_PORT", 13004)?,
+            refresh: env.secs_or("DNS_REFRESH_SECS", 60)?,
+            server: env.parse_opt("DNS_SERVER")?,
+        });
+    }
+    let host = env.raw("BACKEND_HOST").unwrap_or("127.0.0.1").to_owned();
+    let start = env.port_or("BACKEND_START_PORT", 13004)?;
+    let count = env.range_or("BACKEND_COUNT", 5, 1, 1000)?;
+    if u32::from(start) + u32::from(count) - 1 > u32::from(u16::MAX) {
+        return Err(ConfigError::new(
+            "BACKEND_COUNT",
+            &count.to_string(),
+            "runs past port 65535",
+        ));
+    }
+    Ok(DiscoveryConfig::PortRange { host, start, count })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<BalancerConfig, ConfigError> {
+        BalancerConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = cfg(&[]).expect("defaults parse");
+        assert_eq!(c.listen, "0.0.0.0:13003".parse().unwrap());
+        assert_eq!(
+            c.discovery,
+            DiscoveryConfig::PortRange {
+                host: "127.0.0.1".into(),
+                start: 13004,
+                count: 5
+            }
+        );
+        assert_eq!(c.health.interval, Duration::from_secs(30));
+        assert_eq!(c.health.path, "/health");
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn first_configured_discovery_wins() {
+        let c = cfg(&[
+            ("BACKEND_HOSTS", "10.0.0.1:1,10.0.0.2:2"),
+            ("BACKEND_DNS", "api"),
+        ])
+        .unwrap();
+        assert_eq!(c.discovery.mode(), "static");
+        let c = cfg(&[
+            ("BACKEND_DNS", "api"),
+            ("BACKEND_PORT", "8080"),
+            ("DNS_SERVER", "127.0.0.1:5353"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.discovery,
+            DiscoveryConfig::Dns {
+                name: "api".into(),
+                port: 8080,
+                refresh: Duration::from_secs(60),
+                server: Some("127.0.0.1:5353".parse().unwrap()),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("BALANCER_PORT", "70000"),
+            ("BALANCER_PORT", "http"),
+            ("BALANCER_HOST", "not-an-ip"),
+            ("HEALTH_INTERVAL_SECS", "0"),
+            ("HEALTH_INTERVAL_SECS", "-3"),
+            ("HEALTH_PATH", "health"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,nonsense"),
+            ("BACKEND_HOSTS", "10.0.0.1"),
+            ("BACKEND_HOSTS", "10.0.0.1:13004=x"),
+            ("DNS_SERVER", "localhost"),
+            ("BACKEND_COUNT", "0"),
+        ] {
+            let mut pairs = vec![(var, value)];
+            if var == "DNS_SERVER" {
+                pairs.push(("BACKEND_DNS", "api"));
+            }
+            let err = cfg(&pairs).expect_err(&format!("{var}={value} must be refused"));
+            assert_eq!(err.var, var, "{err}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_accept_cidrs_and_bare_addresses() {
+        let c = cfg(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1 ,::1")]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert!(c.trusted_proxies[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+    }
+}

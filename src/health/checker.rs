@@ -1,0 +1,78 @@
+//! The checking loop: every backend probed concurrently each interval, and at
+//! once when something wakes the loop (a new backend, a passive failure).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinSet;
+
+use super::LastCheck;
+use super::probe::probe;
+use crate::balancer::Balancer;
+use crate::shutdown::Shutdown;
+
+/// After a wake-up, the soonest the next extra round may run: a flood of
+/// passive failures must not become a flood of probes.
+const MIN_GAP: Duration = Duration::from_millis(250);
+
+/// While a backend is down it is probed this often (like HAProxy's
+/// `downinter`), so a recovered backend gets its clients back within a few
+/// seconds rather than `rise` full intervals.
+fn down_interval(interval: Duration) -> Duration {
+    (interval / 10).clamp(Duration::from_secs(1), interval)
+}
+
+pub async fn run(state: Arc<Balancer>, shutdown: Shutdown) {
+    let interval = state.config.health.interval;
+    loop {
+        round(&state).await;
+        let any_down = state.pool().backends.iter().any(|b| !b.health.is_up());
+        let wait = if any_down {
+            down_interval(interval)
+        } else {
+            interval
+        };
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(wait) => {}
+            () = state.health_wake.notified() => {
+                tokio::time::sleep(MIN_GAP).await;
+            }
+        }
+    }
+}
+
+/// Probes every backend of the current snapshot concurrently and records the
+/// results; logs one line per state change.
+async fn round(state: &Arc<Balancer>) {
+    let pool = state.pool();
+    let cfg = &state.config.health;
+    let mut probes = JoinSet::new();
+    for backend in pool.backends.iter().map(Arc::clone) {
+        let (path, timeout) = (cfg.path.clone(), cfg.timeout);
+        probes.spawn(async move {
+            let result = probe(backend.addr(), backend.name(), &path, timeout).await;
+            (backend, result)
+        });
+    }
+    drop(pool);
+    while let Some(joined) = probes.join_next().await {
+        let Ok((backend, result)) = joined else {
+            continue;
+        };
+        let check = LastCheck {
+            at: Some(SystemTime::now()),
+            latency: result.as_ref().ok().copied(),
+            error: result.err(),
+        };
+        let error = check.error.clone();
+        match backend.health.record(check, cfg.rise, cfg.fall) {
+            Some(true) => tracing::info!(backend = %backend.name(), "backend up"),
+            Some(false) => {
+                backend.pool.clear();
+                tracing::warn!(backend = %backend.name(), reason = error.as_deref().unwrap_or(""), "backend down");
+            }
+            None => tracing::debug!(backend = %backend.name(), error = ?error, "health check"),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! hashgate: a sticky consistent-hash HTTP balancer and the API replicas
+//! behind it.
+//!
+//! # Map
+//!
+//! ```text
+//!  client ──► server (accept loop, limits, drain)
+//!               │
+//!               ▼
+//!            proxy ── client_ip (peer / trusted X-Forwarded-For) ──► ring::key_hash
+//!               │                                                        │
+//!               │   balancer::Pool snapshot (ArcSwap): backends + ring ◄─┘
+//!               │        ▲                          ▲
+//!               │   discovery loop            health loop (probe + rise/fall)
+//!               │   (static / dns / range)    passive failures wake it
+//!               ▼
+//!            upstream::ConnPool (keep-alive HTTP/1.1 per backend) ──► backend
+//! ```
+//!
+//! - [`config`]: typed configuration, parsed once; bad values name their variable.
+//! - [`ring`]: the Maglev consistent-hash table and each key's fallback order.
+//! - [`backend`]: a backend's identity, health cell, counters and pool.
+//! - [`discovery`]: where backends come from (static list, DNS, port range).
+//! - [`health`]: rise/fall state machine, HTTP probe, checking loop.
+//! - [`upstream`]: pooled keep-alive connections to one backend.
+//! - [`proxy`]: the request path: pick, forward, fail over, map errors.
+//! - [`balancer`]: wiring, own endpoints (`/health`, `/lb`, `/lb/status`).
+//! - [`server`], [`shutdown`], [`telemetry`]: the accept loop, the one
+//!   shutdown path and logging, shared by every binary.
+
+pub mod backend;
+pub mod balancer;
+pub mod config;
+pub mod discovery;
+pub mod health;
+pub mod proxy;
+pub mod ring;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod upstream;

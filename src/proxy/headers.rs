@@ -1,0 +1,247 @@
+//! Header rewriting between client and backend (RFC 9110 §7.6.1).
+//!
+//! Hop-by-hop headers (the fixed list plus anything named in `Connection`)
+//! belong to one connection and are dropped in both directions, except the
+//! `Upgrade` handshake of a tunnel. Requests gain the forwarding headers:
+//! `X-Forwarded-For` (appended to a trusted proxy's list, replaced otherwise,
+//! so an untrusted client cannot plant addresses for the backend),
+//! `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`.
+
+use std::net::IpAddr;
+
+use hyper::HeaderMap;
+use hyper::header::{self, HeaderName, HeaderValue};
+
+use super::client_ip::X_FORWARDED_FOR;
+
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The hop-by-hop headers every proxy drops (RFC 9110 §7.6.1, plus the
+/// legacy `Keep-Alive` and `Proxy-Connection`).
+fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ]
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, an `Upgrade` handshake
+/// keeps `Upgrade` and a `Connection: upgrade` so the backend sees it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too. Collecting them costs
+    // an allocation only when Connection names something unusual.
+    if let Some(conn) = headers.get(&header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !is_forwarding_header(&name) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in fixed_hop_by_hop() {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if headers.contains_key(header::UPGRADE) {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Our own forwarding headers may not be deleted by a client's `Connection`.
+fn is_forwarding_header(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == X_REAL_IP
+}
+
+/// Whether the request asks to switch protocols (WebSocket and friends).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Sets the forwarding headers on a request headed for a backend.
+///
+/// `from_trusted`: the peer is a trusted proxy, so its `X-Forwarded-For`,
+/// `-Proto` and `-Host` are kept and extended; otherwise they are replaced.
+/// `host`: the request's authority (Host header or HTTP/2 `:authority`).
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+    from_trusted: bool,
+    host: Option<&HeaderValue>,
+) {
+    let peer = peer.to_canonical();
+    let mut buf = itoa_ip(peer);
+    if from_trusted {
+        // Fold every existing line into one list and append the peer.
+        let mut prior = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(v) = v.to_str() {
+                if !prior.is_empty() {
+                    prior.push_str(", ");
+                }
+                prior.push_str(v);
+            }
+        }
+        if !prior.is_empty() {
+            prior.push_str(", ");
+            prior.push_str(&buf);
+            buf = prior;
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&buf) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&itoa_ip(client.to_canonical())) {
+        headers.insert(&X_REAL_IP, v);
+    }
+    if !(from_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(from_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => {
+                headers.insert(&X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+fn itoa_ip(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept"]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_handshake() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn a_client_cannot_strip_forwarding_headers_via_connection() {
+        let mut h = map(&[("connection", "x-forwarded-for, x-real-ip")]);
+        strip_hop_by_hop(&mut h, false);
+        set_forwarding(
+            &mut h,
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+            false,
+            None,
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-real-ip"], "192.0.2.1");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let host = HeaderValue::from_static("api.example");
+        set_forwarding(
+            &mut h,
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+            false,
+            Some(&host),
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_extended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-for", "10.0.0.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarding(
+            &mut h,
+            "10.0.0.2".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+            true,
+            None,
+        );
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.9, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+    }
+}

@@ -1,0 +1,45 @@
+//! `Upgrade` tunnels (WebSocket and friends): once the backend answers
+//! `101 Switching Protocols`, both upgraded connections are spliced together
+//! until either side closes. The tunnel counts as one active request on its
+//! backend for as long as it is open.
+
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::body::{ProxyBody, UpstreamGuard};
+use crate::backend::Backend;
+
+/// Passes `resp` through; if it is a 101, splices the two sides in a task.
+pub fn splice(
+    mut resp: Response<ProxyBody>,
+    client: OnUpgrade,
+    backend: Arc<Backend>,
+) -> Response<ProxyBody> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let guard = UpstreamGuard::new(backend);
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(backend = %guard.backend().name(), error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => {
+                tracing::debug!(backend = %guard.backend().name(), up, down, "tunnel closed")
+            }
+            Err(e) => {
+                tracing::debug!(backend = %guard.backend().name(), error = %e, "tunnel ended with an error")
+            }
+        }
+    });
+    resp
+}

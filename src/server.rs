@@ -1,0 +1,118 @@
+//! The one accept loop, shared by the balancer and the API instances.
+//!
+//! HTTP/1.1 with keep-alive and prior-knowledge HTTP/2 (h2c) on the same
+//! port, `Upgrade` support, limits on the request head and idle time, and a
+//! graceful drain: on shutdown the listener closes at once, idle connections
+//! are closed, in-flight requests get `grace` to finish, and whatever is left
+//! after that is dropped with one log line.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::shutdown::Shutdown;
+
+/// Client-facing limits of one listener.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest request head accepted (bigger: 431 and close).
+    pub max_header_bytes: usize,
+    /// Idle keep-alive time, counted until the next request head is complete.
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_header_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, serving each with the
+/// service `make(peer)` returns, then drains. Returns when every connection
+/// has finished or the grace period has run out.
+pub async fn serve<M, S, B>(listener: TcpListener, opts: ServeOptions, make: M, shutdown: Shutdown)
+where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // hyper-util's builder bounds the request head through the read
+        // buffer: a head that does not fit gets 431 and a close.
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .header_read_timeout(opts.idle_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes as u32)
+        .keep_alive_interval(Some(opts.idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make(peer));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(opts.grace) => {
+            tracing::warn!(grace = ?opts.grace, "grace period over, dropping the connections still open");
+        }
+    }
+}
+
+/// Binds a listener, naming the address in the error (ports in use are the
+/// most common start-up failure).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// A future that never resolves: a `shutdown` for callers with no other plan.
+pub fn never() -> impl Future<Output = ()> + Send + 'static {
+    std::future::pending()
+}

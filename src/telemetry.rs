@@ -1,0 +1,14 @@
+//! Logging set-up shared by the binaries: `RUST_LOG` filters, `info` by default.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `default` applies when `RUST_LOG` is unset
+/// (e.g. `"info"`); output goes to stderr so stdout stays for CLI output.
+pub fn init(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
