@@ -22,6 +22,7 @@
 //! - [`backend`]: a backend's identity, health cell, counters and pool.
 //! - [`discovery`]: where backends come from (static list, DNS, port range).
 //! - [`health`]: rise/fall state machine, HTTP probe, checking loop.
+//! - [`healthcheck`]: the blocking `<binary> healthcheck` probe for containers.
 //! - [`upstream`]: pooled keep-alive connections to one backend.
 //! - [`proxy`]: the request path: pick, forward, fail over, map errors.
 //! - [`balancer`]: wiring, own endpoints (`/health`, `/lb`, `/lb/status`).
@@ -33,6 +34,7 @@ pub mod balancer;
 pub mod config;
 pub mod discovery;
 pub mod health;
+pub mod healthcheck;
 pub mod proxy;
 pub mod ring;
 pub mod server;

@@ -7,6 +7,15 @@ use hashgate::{balancer, server, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
+    // `balancer healthcheck`: the container probe (the image has no shell or
+    // curl). An unparsable port falls back to the default; the server itself
+    // would have refused to start with it anyway.
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        let port = Env::from_process()
+            .port_or("BALANCER_PORT", 13003)
+            .unwrap_or(13003);
+        return hashgate::healthcheck::main_for_port(port);
+    }
     telemetry::init("info");
     let config = match BalancerConfig::from_env(&Env::from_process()) {
         Ok(c) => c,
