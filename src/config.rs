@@ -152,8 +152,16 @@ impl Env {
 /// Where the balancer's backends come from; the first that is configured wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiscoveryConfig {
-    /// `BACKEND_HOSTS`: a fixed list.
-    Static(Vec<BackendSpec>),
+    /// `BACKEND_HOSTS`: a fixed list. Entries that are names (`api-1:13004`)
+    /// are re-resolved every `refresh`, so a restarted container's new
+    /// address is picked up; a list of IP addresses never changes.
+    Static {
+        backends: Vec<BackendSpec>,
+        /// `DNS_REFRESH_SECS`.
+        refresh: Duration,
+        /// `DNS_SERVER`: resolve names with this server instead of the system resolver.
+        server: Option<SocketAddr>,
+    },
     /// `BACKEND_DNS` + `BACKEND_PORT`, re-resolved every `DNS_REFRESH_SECS`.
     Dns {
         name: String,
@@ -174,7 +182,7 @@ impl DiscoveryConfig {
     /// The short name shown on the status page.
     pub fn mode(&self) -> &'static str {
         match self {
-            DiscoveryConfig::Static(_) => "static",
+            DiscoveryConfig::Static { .. } => "static",
             DiscoveryConfig::Dns { .. } => "dns",
             DiscoveryConfig::PortRange { .. } => "port-range",
         }
@@ -285,7 +293,11 @@ fn discovery_from_env(env: &Env) -> Result<DiscoveryConfig, ConfigError> {
         if specs.is_empty() {
             return Err(ConfigError::new("BACKEND_HOSTS", hosts, "lists no backend"));
         }
-        return Ok(DiscoveryConfig::Static(specs));
+        return Ok(DiscoveryConfig::Static {
+            backends: specs,
+            refresh: env.secs_or("DNS_REFRESH_SECS", 60)?,
+            server: env.parse_opt("DNS_SERVER")?,
+        });
     }
     if let Some(name) = env.raw("BACKEND_DNS") {
         if name.contains(['/', ' ', ':']) {
@@ -363,6 +375,27 @@ mod tests {
                 server: Some("127.0.0.1:5353".parse().unwrap()),
             }
         );
+    }
+
+    #[test]
+    fn a_static_list_takes_the_dns_refresh_and_server() {
+        let c = cfg(&[
+            ("BACKEND_HOSTS", "api-1:13004"),
+            ("DNS_REFRESH_SECS", "5"),
+            ("DNS_SERVER", "127.0.0.1:5353"),
+        ])
+        .unwrap();
+        let DiscoveryConfig::Static {
+            backends,
+            refresh,
+            server,
+        } = c.discovery
+        else {
+            panic!("static expected");
+        };
+        assert_eq!(backends.len(), 1);
+        assert_eq!(refresh, Duration::from_secs(5));
+        assert_eq!(server, Some("127.0.0.1:5353".parse().unwrap()));
     }
 
     #[test]
