@@ -18,6 +18,9 @@ pub enum ProxyError {
     Timeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client's request body broke off or was malformed mid-stream.
+    #[error("client request body failed: {0}")]
+    ClientBody(hyper::Error),
 }
 
 /// A failed attempt; `request` is the request when none of it was sent, so
@@ -33,8 +36,24 @@ impl ProxyError {
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
+    }
+
+    /// Whether the failure says something about the backend (and so should
+    /// count against it and take it out of rotation).
+    pub fn blames_backend(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout
+        )
+    }
+
+    /// Whether trying another backend could help. Not after a timeout (the
+    /// backend sat on the request: another try doubles the wait and maybe
+    /// the effect) nor after a broken client body.
+    pub fn may_try_next(&self) -> bool {
+        matches!(self, ProxyError::Connect(_) | ProxyError::Upstream(_))
     }
 
     /// A short JSON answer. Backend addresses and error details go to the
@@ -48,6 +67,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => "the backend failed to answer",
             ProxyError::Timeout => "the backend did not answer in time",
             ProxyError::BadRequest(why) => why,
+            ProxyError::ClientBody(_) => "the request body could not be read",
         };
         json_response(
             status,

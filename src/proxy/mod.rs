@@ -179,16 +179,16 @@ async fn forward(
                 return Ok((resp, Arc::clone(backend)));
             }
             Err(Failure { request, error }) => {
-                backend.stats.errors.fetch_add(1, Relaxed);
-                state.passive_failure(backend, &error);
-                if matches!(error, ProxyError::Timeout) {
-                    // The backend took the request and sat on it: trying
-                    // another would double the wait and maybe the effect.
-                    last_error = Some(error);
-                    break;
+                if error.blames_backend() {
+                    backend.stats.errors.fetch_add(1, Relaxed);
+                    state.passive_failure(backend, &error);
                 }
+                let next = error.may_try_next();
                 pending = request;
                 last_error = Some(error);
+                if !next {
+                    break;
+                }
             }
         }
     }
@@ -282,6 +282,14 @@ async fn send(
             Ok(Ok(resp)) => {
                 let keep = (!upgrade).then_some(sender);
                 return Ok(resp.map(|b| ProxyBody::upstream(b, keep, guard)));
+            }
+            // The client's own body broke: not the backend's fault, and the
+            // body is gone, so there is nothing to retry.
+            Ok(Err(e)) if e.error().is_user() => {
+                return Err(Failure {
+                    request: None,
+                    error: ProxyError::ClientBody(e.into_error()),
+                });
             }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(unsent) if reused => req = unsent,
