@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::shutdown::Shutdown;
 
@@ -88,11 +89,17 @@ where
         let _ = stream.set_nodelay(true);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make(peer));
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        // A span per connection: free at the default level, and with
+        // RUST_LOG=debug every line of a connection carries its peer.
+        let span = tracing::debug_span!("conn", %peer);
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
             }
-        });
+            .instrument(span),
+        );
     }
     drop(listener);
 
