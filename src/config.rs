@@ -384,7 +384,7 @@ mod tests {
             ("DNS_REFRESH_SECS", "5"),
             ("DNS_SERVER", "127.0.0.1:5353"),
         ])
-        .unwrap();
+        .expect("valid config");
         let DiscoveryConfig::Static {
             backends,
             refresh,
@@ -395,7 +395,7 @@ mod tests {
         };
         assert_eq!(backends.len(), 1);
         assert_eq!(refresh, Duration::from_secs(5));
-        assert_eq!(server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(server, Some("127.0.0.1:5353".parse().expect("addr")));
     }
 
     #[test]

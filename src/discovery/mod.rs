@@ -11,8 +11,9 @@
 //!   not resolve keeps the address it last had (its clients do not move; the
 //!   health checks decide whether it still answers) and is warned about once;
 //!   a name that has never resolved is left out until it does, so one missing
-//!   container cannot keep the balancer from starting. Only when no entry
-//!   resolves does the refresh fail.
+//!   container cannot keep the balancer from starting. When no name resolves
+//!   at all (the DNS server is down), the refresh fails: the balancer keeps
+//!   its set and the status page says why.
 //! - `BACKEND_DNS` + `BACKEND_PORT`: every A and AAAA record of one name
 //!   ([`dns`]), each backend named by its `ip:port`, so every balancer that
 //!   sees the same answer builds the same ring.
@@ -193,11 +194,15 @@ impl Discovery {
         let mut memory = self.memory();
         let mut out = Vec::with_capacity(specs.len());
         let mut first_error = None;
+        let mut now_ok = 0;
         for spec in specs {
             let ip = match spec.host.parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
                 Err(_) => match now.remove(spec.host.as_str()) {
-                    Some(Ok(ip)) => memory.resolved(&spec.host, ip),
+                    Some(Ok(ip)) => {
+                        now_ok += 1;
+                        memory.resolved(&spec.host, ip)
+                    }
                     Some(Err(e)) => {
                         let kept = memory.failed(&spec.host, &e);
                         first_error.get_or_insert(e);
@@ -215,8 +220,12 @@ impl Discovery {
                 });
             }
         }
+        // No name resolved at all (the DNS server is down): report it, and
+        // the balancer keeps the set it has. Before any name has ever
+        // resolved, a list's plain addresses are still served.
+        let none_resolved = now_ok == 0;
         match first_error {
-            Some(e) if out.is_empty() => Err(e),
+            Some(e) if out.is_empty() || (none_resolved && !memory.known.is_empty()) => Err(e),
             _ => Ok(out),
         }
     }
