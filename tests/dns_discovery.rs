@@ -245,3 +245,46 @@ async fn static_names_follow_a_new_address_without_moving_clients() {
     assert_eq!(listed(&lb.status().await), expect(23));
     lb.stop().await.expect("balancer stops cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_and_aaaa_records_both_become_backends() {
+    let v6 = IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    let Ok(l6) = tokio::net::TcpListener::bind((v6, 0)).await else {
+        eprintln!("SKIPPED: no IPv6 loopback on this host");
+        return;
+    };
+    let port = l6.local_addr().expect("addr").port();
+    let Ok(l4) = tokio::net::TcpListener::bind((replica(31), port)).await else {
+        eprintln!("SKIPPED: port {port} taken on {}", replica(31));
+        return;
+    };
+    let _backends = [TestBackend::on("v6", l6), TestBackend::on("v4", l4)];
+    let Some(server) =
+        Dnsmasq::start("aaaa", &[("mixed.test", replica(31)), ("mixed.test", v6)]).await
+    else {
+        return;
+    };
+    let lb = TestBalancer::start(&[
+        ("BACKEND_DNS", "mixed.test".into()),
+        ("BACKEND_PORT", port.to_string()),
+        ("DNS_SERVER", server.addr.to_string()),
+        ("DNS_REFRESH_SECS", "1".into()),
+        ("HEALTH_INTERVAL_SECS", "1".into()),
+    ])
+    .await;
+    let want: BTreeSet<(String, String)> = [SocketAddr::new(replica(31), port), (v6, port).into()]
+        .iter()
+        .map(|a| (a.to_string(), a.to_string()))
+        .collect();
+    wait_for(
+        "an IPv4 and an IPv6 backend",
+        Duration::from_secs(20),
+        || async { (listed(&lb.status().await) == want).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        reached(&lb, 40).await,
+        BTreeSet::from(["v4".to_owned(), "v6".to_owned()])
+    );
+    lb.stop().await.expect("balancer stops cleanly");
+}

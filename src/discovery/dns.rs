@@ -18,12 +18,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::system_conf::read_system_conf;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 
 use super::DiscoveryError;
 
@@ -57,7 +58,7 @@ impl Resolver {
     /// (but at least 2 s and at most 10 s) counts as failed.
     pub fn new(server: Option<SocketAddr>, refresh: Duration) -> Result<Self, DiscoveryError> {
         let provider = TokioRuntimeProvider::default();
-        let mut builder = match server {
+        let builder = match server {
             Some(addr) => {
                 let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
                 for conn in &mut ns.connections {
@@ -70,10 +71,34 @@ impl Resolver {
                 opts.use_hosts_file = ResolveHosts::Never;
                 b
             }
-            None => TokioResolver::builder(provider).map_err(|e| DiscoveryError::Resolver {
-                reason: format!("cannot read /etc/resolv.conf ({e}); set DNS_SERVER"),
-            })?,
+            None => {
+                let (config, opts) = read_system_conf().map_err(|e| DiscoveryError::Resolver {
+                    reason: format!("cannot use /etc/resolv.conf ({e}); set DNS_SERVER"),
+                })?;
+                return Self::system(config, opts, refresh);
+            }
         };
+        Self::build(builder, refresh)
+    }
+
+    /// The system configuration as parsed from resolv.conf: its name
+    /// servers, `search` list, `ndots`, `timeout` and `attempts` are kept
+    /// as they are; only caching and the address families change.
+    fn system(
+        config: ResolverConfig,
+        opts: ResolverOpts,
+        refresh: Duration,
+    ) -> Result<Self, DiscoveryError> {
+        let mut builder =
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+        *builder.options_mut() = opts;
+        Self::build(builder, refresh)
+    }
+
+    fn build(
+        mut builder: ResolverBuilder<TokioRuntimeProvider>,
+        refresh: Duration,
+    ) -> Result<Self, DiscoveryError> {
         no_cache(builder.options_mut());
         let inner = builder.build().map_err(|e| DiscoveryError::Resolver {
             reason: e.to_string(),
@@ -204,6 +229,24 @@ mod tests {
         let e = classify("api", &NetError::Timeout);
         assert!(matches!(e, DiscoveryError::Lookup { .. }));
         assert_eq!(e.to_string(), "lookup of api failed: timed out");
+    }
+
+    #[tokio::test]
+    async fn docker_and_kubernetes_resolv_conf_keep_search_and_ndots() {
+        use hickory_resolver::system_conf::parse_resolv_conf;
+        let docker = "nameserver 127.0.0.11\noptions ndots:0\n";
+        let k8s = "search default.svc.cluster.local svc.cluster.local cluster.local\n\
+                   nameserver 10.96.0.10\noptions ndots:5\n";
+        for (text, ndots, search) in [(docker, 0, 0), (k8s, 5, 3)] {
+            let (config, opts) = parse_resolv_conf(text).expect("resolv.conf parses");
+            assert_eq!(config.search().len(), search);
+            let r = Resolver::system(config, opts, Duration::from_secs(60)).expect("resolver");
+            let o = r.inner.options();
+            assert_eq!(o.ndots, ndots, "{text}");
+            assert_eq!(o.cache_size, 0);
+            assert_eq!(o.ip_strategy, LookupIpStrategy::Ipv4AndIpv6);
+            assert_eq!(r.deadline, Duration::from_secs(10));
+        }
     }
 
     #[tokio::test]
