@@ -123,7 +123,10 @@ async fn the_pool_follows_dns_3_6_2_and_is_kept_when_the_server_stops() {
         .await;
     let took = wait_for_set(&lb, port, &[11, 12, 13, 14, 15, 16]).await;
     eprintln!("3 -> 6 replicas seen after {took:?} (DNS_REFRESH_SECS=1, TTL 600)");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: far below the TTL of 600 s, but slow"
+    );
     assert_eq!(reached(&lb, 120).await, names(&[11, 12, 13, 14, 15, 16]));
 
     // Scale down to two (the others still run: routing follows DNS, not luck).
@@ -132,7 +135,10 @@ async fn the_pool_follows_dns_3_6_2_and_is_kept_when_the_server_stops() {
         .await;
     let took = wait_for_set(&lb, port, &[12, 15]).await;
     eprintln!("6 -> 2 replicas seen after {took:?}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: far below the TTL of 600 s, but slow"
+    );
     let before = placement(lb.addr, 60).await;
     assert_eq!(
         before.values().cloned().collect::<BTreeSet<_>>(),
