@@ -74,6 +74,25 @@ fn hosts_text(records: &[(&str, IpAddr)]) -> String {
         .collect()
 }
 
+/// Waits until dnsmasq accepts TCP (it serves UDP and TCP on one port);
+/// false if it exited (port taken) or never came up.
+async fn ready(child: &mut Child, addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            // Someone else's listener on a port we lost the race for? Then
+            // dnsmasq exits at once: give it a moment to show that.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return matches!(child.try_wait(), Ok(None));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 impl Dnsmasq {
     /// Starts dnsmasq answering `records` (name, address), authoritative for
     /// `.test` (unknown names get NXDOMAIN, never a forward).
@@ -105,37 +124,20 @@ impl Dnsmasq {
             if running_as_root() {
                 cmd.arg("--user=root").arg("--group=root");
             }
-            let child = cmd.spawn().expect("spawn dnsmasq");
-            let mut server = Dnsmasq {
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                child: Some(child),
-                dir: dir.clone(),
-                hosts: hosts.clone(),
-            };
-            if server.ready().await {
-                return Some(server);
+            let mut child = cmd.spawn().expect("spawn dnsmasq");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            if ready(&mut child, addr).await {
+                return Some(Dnsmasq {
+                    addr,
+                    child: Some(child),
+                    dir,
+                    hosts,
+                });
             }
-            server.stop();
+            let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("dnsmasq did not start; see {}", dir.join("log").display());
-    }
-
-    /// Waits until dnsmasq accepts TCP (it serves UDP and TCP on one port);
-    /// false if it exited (port taken) or never came up.
-    async fn ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && !matches!(child.try_wait(), Ok(None))
-            {
-                return false;
-            }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
     }
 
     /// Replaces the records, reloads dnsmasq and waits until it answers
