@@ -147,10 +147,11 @@ impl Dnsmasq {
         std::fs::write(&tmp, hosts_text(records)).expect("write hosts");
         std::fs::rename(&tmp, &self.hosts).expect("replace hosts");
         let pid = self.child.as_ref().expect("dnsmasq running").id();
-        let ok = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
+        // The shell's builtin `kill`: no procps needed on a minimal image.
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -HUP {pid}")])
             .status()
-            .expect("run kill");
+            .expect("run sh");
         assert!(ok.success(), "SIGHUP to dnsmasq failed");
         let mut want: Vec<IpAddr> = records
             .iter()
