@@ -29,6 +29,7 @@
 //! - [`server`], [`shutdown`], [`telemetry`]: the accept loop, the one
 //!   shutdown path and logging, shared by every binary.
 
+pub mod api;
 pub mod backend;
 pub mod balancer;
 pub mod config;
@@ -39,5 +40,6 @@ pub mod proxy;
 pub mod ring;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;

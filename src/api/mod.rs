@@ -1,0 +1,246 @@
+//! The API instance: one replica behind the balancer.
+//!
+//! [`app`] builds the axum router (handlers testable without a socket);
+//! [`run`] serves it through the shared accept loop ([`crate::server`]) and
+//! starts the background work: migrations (retried until the database is
+//! there, so an instance started before its database still comes up, with
+//! `/health` saying why it is not ready) and the offline sweep.
+//!
+//! The process never exits because the database went away: requests that
+//! need it get a 503 within the pool's acquire timeout, `/health` turns 503,
+//! and the pool reconnects by itself when the database returns.
+
+pub mod config;
+pub mod error;
+pub mod input;
+mod status;
+mod tasks;
+pub mod workers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+pub use config::ApiConfig;
+use error::ApiError;
+
+use crate::proxy::client_ip::TrustedProxies;
+use crate::server::{self, ServeOptions};
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub instance: String,
+    pub port: u16,
+    pub config: ApiConfig,
+    pub store: Store,
+    pub trusted: TrustedProxies,
+    pub started: Instant,
+    pub requests: AtomicU64,
+    instance_header: HeaderValue,
+    migrated: AtomicBool,
+    /// Why the last migration attempt failed (shown by `/health`).
+    migrate_error: Mutex<Option<String>>,
+}
+
+impl AppState {
+    /// State for an instance listening on `port`; opens (but does not
+    /// connect) the database pool.
+    pub fn new(config: ApiConfig, port: u16) -> std::io::Result<AppState> {
+        let instance = config.instance_for(port);
+        let instance_header = HeaderValue::from_str(&instance)
+            .map_err(|_| std::io::Error::other("INSTANCE_ID is not a valid header value"))?;
+        Ok(AppState {
+            store: Store::open(config.db.clone())?,
+            trusted: TrustedProxies::new(config.trusted_proxies.clone()),
+            instance,
+            instance_header,
+            port,
+            config,
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            migrated: AtomicBool::new(false),
+            migrate_error: Mutex::new(None),
+        })
+    }
+
+    /// The store, once the schema is in place.
+    pub fn store(&self) -> Result<&Store, ApiError> {
+        if self.migrated.load(Relaxed) {
+            return Ok(&self.store);
+        }
+        Err(ApiError::Unavailable(self.not_ready_reason()))
+    }
+
+    fn not_ready_reason(&self) -> String {
+        let last = self
+            .migrate_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match last {
+            Some(e) => format!("schema migrations not applied yet: {e}"),
+            None => "schema migrations not applied yet".to_owned(),
+        }
+    }
+
+    /// `Ok` when the schema is in place and the database answers in time.
+    pub async fn check_db(&self) -> Result<(), String> {
+        if !self.migrated.load(Relaxed) {
+            return Err(self.not_ready_reason());
+        }
+        let db = &self.config.db;
+        let limit = db
+            .query_timeout
+            .min(db.acquire_timeout + Duration::from_secs(1));
+        self.store.ping(limit).await.map_err(|e| e.to_string())
+    }
+
+    pub fn heartbeat_interval_ms(&self) -> u64 {
+        u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn set_migrated(&self, result: Result<(), String>) {
+        let mut last = self.migrate_error.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                *last = None;
+                self.migrated.store(true, Relaxed);
+            }
+            Err(e) => *last = Some(e),
+        }
+    }
+}
+
+/// The router: every route, the body limit, the `X-Instance-Id` stamp.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/health", get(status::health))
+        .route("/status.html", get(status::page))
+        .route("/api/client-ip", get(status::client_ip))
+        .route("/api/v1/worker/register", post(workers::register))
+        .route("/api/v1/worker/heartbeat", post(workers::heartbeat))
+        .route("/api/v1/workers", get(workers::list))
+        .route(
+            "/api/v1/workers/{id}",
+            get(workers::get).delete(workers::remove),
+        )
+        .fallback(|| async { ApiError::NotFound("route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), stamp))
+        .with_state(state)
+}
+
+/// Counts the request and names the instance on every response.
+async fn stamp(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    s.requests.fetch_add(1, Relaxed);
+    let mut resp = next.run(req).await.into_response();
+    resp.headers_mut()
+        .insert("x-instance-id", s.instance_header.clone());
+    resp
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shutdown = Shutdown::from_future(shutdown);
+    let local = listener.local_addr()?;
+    let opts = ServeOptions {
+        grace: config.shutdown_grace,
+        ..ServeOptions::default()
+    };
+    let state = Arc::new(AppState::new(config, local.port())?);
+    tracing::info!(
+        listen = %local,
+        instance = %state.instance,
+        database = %state.store.config().describe(),
+        "api instance starting"
+    );
+    tokio::spawn(tasks::migrate_then_sweep(state.clone(), shutdown.clone()));
+    let router = app(state.clone());
+    server::serve(
+        listener,
+        opts,
+        move |peer: SocketAddr| {
+            let router = router.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(router.oneshot(req).await.into_response()) }
+            })
+        },
+        shutdown,
+    )
+    .await;
+    state.store.close().await;
+    tracing::info!(instance = %state.instance, "api instance stopped");
+    Ok(())
+}
+
+/// Exit status when the listening port cannot be bound (the cluster launcher
+/// treats it as fatal instead of restarting the instance).
+pub const EXIT_BIND_FAILED: u8 = 3;
+/// Exit status for a bad configuration value.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The whole life of an API process, shared by the `api` binary and the
+/// cluster launcher's children: parse `env`, start a runtime, bind, serve
+/// until `shutdown`. Errors are printed (never with a password) and mapped to
+/// an exit status.
+pub fn main_with(
+    env: &crate::config::Env,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match ApiConfig::from_env(env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("api: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("api: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match server::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, port = config.listen.port(), "cannot listen");
+                return ExitCode::from(EXIT_BIND_FAILED);
+            }
+        };
+        match run(listener, config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "api instance failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

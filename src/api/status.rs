@@ -1,0 +1,123 @@
+//! The instance's own endpoints: `/health` for orchestrators and the
+//! balancer, `/status.html` for people, `/api/client-ip` to see what the
+//! balancer forwarded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use askama::Template;
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::proxy::client_ip::X_FORWARDED_FOR;
+
+/// `GET /health`: 200 when the schema is in place and the database answers a
+/// ping in time, else 503 with the reason. Never hangs: the ping is bounded.
+pub async fn health(State(s): State<Arc<AppState>>) -> Response {
+    let db = s.check_db().await;
+    let code = if db.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if db.is_ok() { "ok" } else { "unavailable" },
+        "instance": s.instance,
+        "pid": std::process::id(),
+        "uptime_secs": s.started.elapsed().as_secs(),
+        "database": {
+            "kind": s.store.kind(),
+            "ok": db.is_ok(),
+            "error": db.err(),
+        },
+    });
+    (code, Json(body)).into_response()
+}
+
+/// `GET /api/client-ip`: the client address as this instance resolves it
+/// (`X-Forwarded-For` is believed only from `TRUSTED_PROXIES`).
+pub async fn client_ip(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ext: Extensions,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(ConnectInfo(peer)) = ext.get::<ConnectInfo<SocketAddr>>().copied() else {
+        tracing::error!("no peer address attached to the request");
+        return Err(ApiError::Internal);
+    };
+    let ip = s.trusted.client_ip(peer.ip(), &headers);
+    let forwarded: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Ok(Json(json!({
+        "ip": ip.to_string(),
+        "forwarded_for": if forwarded.is_empty() { None } else { Some(forwarded.join(", ")) },
+        "peer": peer.to_string(),
+        "instance": s.instance,
+    })))
+}
+
+/// One row of the workers-by-status table.
+struct StatusCount {
+    status: String,
+    count: i64,
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage<'a> {
+    instance: &'a str,
+    port: u16,
+    pid: u32,
+    version: &'static str,
+    uptime_secs: u64,
+    requests: u64,
+    db_kind: &'static str,
+    db_ok: bool,
+    db_error: Option<String>,
+    workers: Vec<StatusCount>,
+    workers_total: i64,
+    now: String,
+}
+
+/// `GET /status.html`: the public page (no configuration or secret on it:
+/// the database is shown by kind and state only).
+pub async fn page(State(s): State<Arc<AppState>>) -> Response {
+    let db = s.check_db().await;
+    let workers = match &db {
+        Ok(()) => s.store.count_by_status().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let page = StatusPage {
+        instance: &s.instance,
+        port: s.port,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: s.started.elapsed().as_secs(),
+        requests: s.requests.load(Relaxed),
+        db_kind: s.store.kind(),
+        db_ok: db.is_ok(),
+        db_error: db.err(),
+        workers_total: workers.iter().map(|(_, n)| n).sum(),
+        workers: workers
+            .into_iter()
+            .map(|(status, count)| StatusCount { status, count })
+            .collect(),
+        now: httpdate::fmt_http_date(std::time::SystemTime::now()),
+    };
+    match page.render() {
+        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "status page failed to render");
+            ApiError::Internal.into_response()
+        }
+    }
+}

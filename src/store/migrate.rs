@@ -1,0 +1,122 @@
+//! Schema migrations, run by every instance at start-up.
+//!
+//! Ten instances may start at the same instant. On MySQL, sqlx's migrator
+//! takes `GET_LOCK` on a dedicated connection, so one instance applies and the
+//! others wait, then find nothing to do; the connection is closed afterwards
+//! (closing it also releases the lock if a migration failed half-way). The
+//! first connection only checks that the database exists. A
+//! missing database is created first (`CREATE DATABASE IF NOT EXISTS`).
+//! SQLite has no advisory lock: racing processes may collide on the first
+//! write, so the loser retries briefly and then sees the winner's work (the
+//! DDL is `IF NOT EXISTS`, so nothing is applied twice).
+//!
+//! The SQL lives in `migrations/<dialect>/` and is compiled into the binary
+//! (no files needed at run time, no `sqlx` macros needed at build time).
+
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
+
+use super::{DbTarget, Store, StoreError};
+
+fn migrator(dialect: &str) -> Migrator {
+    let sql = match dialect {
+        "mysql" => include_str!("../../migrations/mysql/0001_workers.sql"),
+        _ => include_str!("../../migrations/sqlite/0001_workers.sql"),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "workers".into(),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )])
+}
+
+pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
+    let limit = store.config.query_timeout.max(Duration::from_secs(30));
+    let fut = async {
+        match &store.config.target {
+            DbTarget::MySql(opts) => mysql(opts).await,
+            DbTarget::Sqlite(_) => sqlite(store).await,
+        }
+    };
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout(limit)),
+    }
+}
+
+async fn mysql(opts: &MySqlConnectOptions) -> Result<(), StoreError> {
+    let conn = match MySqlConnection::connect_with(opts).await {
+        Ok(c) => c,
+        Err(sqlx::Error::Database(e))
+            if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|m| m.number() == 1049) =>
+        {
+            create_database(opts).await?;
+            MySqlConnection::connect_with(opts).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let _ = conn.close().await;
+    // A one-connection pool of its own, closed afterwards: if a migration
+    // fails while holding GET_LOCK, closing the connection releases the lock
+    // instead of returning it to a shared pool still held.
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.clone())
+        .await?;
+    let result = migrator("mysql").run(&pool).await;
+    pool.close().await;
+    result.map_err(migrate_error)
+}
+
+/// `CREATE DATABASE IF NOT EXISTS`; the name was checked to be a plain
+/// identifier when the configuration was parsed.
+async fn create_database(opts: &MySqlConnectOptions) -> Result<(), StoreError> {
+    let Some(name) = opts.get_database() else {
+        return Err(StoreError::Query("no database name configured".into()));
+    };
+    let name = name.to_owned();
+    let mut conn = MySqlConnection::connect_with(&opts.clone().database("")).await?;
+    let sql = format!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4");
+    let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result?;
+    tracing::info!(database = %name, "created the database");
+    Ok(())
+}
+
+async fn sqlite(store: &Store) -> Result<(), StoreError> {
+    let super::Pool::Sqlite(pool) = &store.pool else {
+        return Err(StoreError::Query(
+            "sqlite target without sqlite pool".into(),
+        ));
+    };
+    let mut attempt = 0u32;
+    loop {
+        let result = migrator("sqlite").run(pool).await.map_err(migrate_error);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "sqlite migration collided, retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::Execute(inner) => inner.into(),
+        other => StoreError::Query(other.to_string()),
+    }
+}
