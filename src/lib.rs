@@ -32,6 +32,7 @@
 pub mod api;
 pub mod backend;
 pub mod balancer;
+pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod health;

@@ -1,0 +1,225 @@
+//! The local launcher behind `cargo run --bin cluster`: `INSTANCE_COUNT` API
+//! processes on `START_PORT` upward and the balancer on `BALANCER_PORT`
+//! pointed at them (port-range discovery), on the embedded database unless
+//! MySQL is configured.
+//!
+//! Each instance is its own OS process (see [`child`] for how without sibling
+//! binaries), supervised by [`supervise`]: crashes are restarted with
+//! back-off, output is relayed under the child's name, and SIGINT/SIGTERM
+//! stop every child gracefully before the launcher exits 0. Ports are checked
+//! before anything starts, so a busy port is reported by number and the
+//! launcher exits non-zero instead of half-starting.
+
+pub mod child;
+pub mod supervise;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigError, Env};
+use crate::healthcheck;
+use crate::shutdown::Shutdown;
+use supervise::{Event, Spec};
+
+/// The launcher's settings (`INSTANCE_COUNT`, `START_PORT`, `BALANCER_PORT`;
+/// flags `--instances`, `--start-port`, `--no-balancer` override them).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub instances: u16,
+    pub start_port: u16,
+    pub balancer_port: u16,
+    pub balancer: bool,
+    /// `HEALTH_INTERVAL_SECS` for the balancer child: 2 s unless set, so a
+    /// killed instance shows as down on `/lb` at once in local development.
+    pub health_interval: String,
+}
+
+impl ClusterConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let instances = env.range_or("INSTANCE_COUNT", 5, 1, 100)?;
+        let start_port = env.port_or("START_PORT", 13004)?;
+        if u32::from(start_port) + u32::from(instances) - 1 > u32::from(u16::MAX) {
+            return Err(ConfigError::new(
+                "INSTANCE_COUNT",
+                &instances.to_string(),
+                "runs past port 65535",
+            ));
+        }
+        let health_interval = env.secs_or("HEALTH_INTERVAL_SECS", 2)?.as_secs();
+        Ok(ClusterConfig {
+            instances,
+            start_port,
+            balancer_port: env.port_or("BALANCER_PORT", 13003)?,
+            balancer: true,
+            health_interval: health_interval.to_string(),
+        })
+    }
+
+    fn api_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..self.instances).map(|i| self.start_port + i)
+    }
+
+    /// Every child to start, balancer last (its first health round then
+    /// finds the instances already listening).
+    fn specs(&self) -> Vec<Spec> {
+        const COLOURS: [u8; 6] = [32, 33, 34, 35, 36, 92];
+        let mut specs: Vec<Spec> = self
+            .api_ports()
+            .enumerate()
+            .map(|(i, port)| Spec {
+                name: format!("api-{}", i + 1),
+                kind: "api",
+                port,
+                env: vec![("PORT".into(), port.to_string())],
+                // Every instance must have its own identity (the default,
+                // hostname:port), whatever `.env` says.
+                env_remove: vec!["INSTANCE_ID"],
+                colour: COLOURS[i % COLOURS.len()],
+            })
+            .collect();
+        if self.balancer {
+            specs.push(Spec {
+                name: "lb".into(),
+                kind: "balancer",
+                port: self.balancer_port,
+                env: vec![
+                    ("BALANCER_PORT".into(), self.balancer_port.to_string()),
+                    ("BACKEND_HOST".into(), "127.0.0.1".into()),
+                    ("BACKEND_START_PORT".into(), self.start_port.to_string()),
+                    ("BACKEND_COUNT".into(), self.instances.to_string()),
+                    ("HEALTH_INTERVAL_SECS".into(), self.health_interval.clone()),
+                ],
+                env_remove: vec!["BACKEND_HOSTS", "BACKEND_DNS"],
+                colour: 97,
+            });
+        }
+        specs
+    }
+}
+
+/// Why the launcher gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "port {port} is already in use ({source}); free it or choose other ports with --start-port / BALANCER_PORT"
+    )]
+    PortInUse { port: u16, source: std::io::Error },
+    #[error("cannot find the cluster executable: {0}")]
+    NoExe(std::io::Error),
+    #[error("{name}: {reason}")]
+    Child { name: String, reason: String },
+}
+
+/// Starts and supervises the cluster until `shutdown`, then stops every child.
+pub async fn run(
+    config: ClusterConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ClusterError> {
+    let mut ports: Vec<u16> = config.api_ports().collect();
+    if config.balancer {
+        ports.push(config.balancer_port);
+    }
+    check_ports_free(&ports)?;
+    let exe = Arc::new(std::env::current_exe().map_err(ClusterError::NoExe)?);
+    let (stop_tx, stop) = Shutdown::manual();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for spec in config.specs() {
+        let task = supervise::supervise(exe.clone(), spec, events_tx.clone(), stop.clone());
+        tasks.push(tokio::spawn(task));
+    }
+    drop(events_tx);
+    tokio::spawn(announce_when_ready(config.clone(), stop.clone()));
+
+    let outer = Shutdown::from_future(shutdown);
+    let result = loop {
+        tokio::select! {
+            () = outer.wait() => break Ok(()),
+            ev = events.recv() => match ev {
+                Some(Event::Started { name, pid }) => {
+                    tracing::debug!(child = %name, pid, "child running");
+                }
+                Some(Event::Fatal { name, reason }) => break Err(ClusterError::Child { name, reason }),
+                None => break Ok(()),
+            },
+        }
+    };
+    tracing::info!("stopping every instance");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("cluster stopped");
+    result
+}
+
+/// Binds each port briefly on every interface, as the children will.
+fn check_ports_free(ports: &[u16]) -> Result<(), ClusterError> {
+    for &port in ports {
+        TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            .map_err(|source| ClusterError::PortInUse { port, source })?;
+    }
+    Ok(())
+}
+
+/// Waits until every instance (and the balancer) answers `/health` with 200,
+/// then prints where to look. Warns once if that takes unusually long.
+async fn announce_when_ready(config: ClusterConfig, stop: Shutdown) {
+    let started = Instant::now();
+    let mut warned = false;
+    let mut targets: Vec<u16> = config.api_ports().collect();
+    if config.balancer {
+        targets.push(config.balancer_port);
+    }
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let probe = targets.clone();
+        let down = tokio::task::spawn_blocking(move || {
+            probe
+                .into_iter()
+                .filter(|&p| {
+                    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+                    !matches!(
+                        healthcheck::probe(addr, "/health", healthcheck::TIMEOUT),
+                        Ok(200)
+                    )
+                })
+                .collect::<Vec<u16>>()
+        })
+        .await
+        .unwrap_or_default();
+        if down.is_empty() {
+            break;
+        }
+        if !warned && started.elapsed() > Duration::from_secs(60) {
+            warned = true;
+            tracing::warn!(not_healthy = ?down, "still waiting for these ports to answer /health");
+        }
+    }
+    let api = config.start_port;
+    let mut msg = format!(
+        "\nhashgate cluster is up: {} API instances on ports {}-{}",
+        config.instances,
+        api,
+        api + config.instances - 1
+    );
+    if config.balancer {
+        let lb = config.balancer_port;
+        msg.push_str(&format!(
+            " behind the balancer on {lb}\n  balancer status  http://127.0.0.1:{lb}/lb\n  \
+             balancer health  http://127.0.0.1:{lb}/health\n  through balancer http://127.0.0.1:{lb}/api/client-ip"
+        ));
+    }
+    msg.push_str(&format!(
+        "\n  instance page    http://127.0.0.1:{api}/status.html\n  instance health  http://127.0.0.1:{api}/health\n\
+         Press Ctrl-C to stop everything.\n"
+    ));
+    println!("{msg}");
+    tracing::info!(elapsed = ?started.elapsed(), "cluster healthy");
+}
