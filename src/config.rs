@@ -257,7 +257,7 @@ impl BalancerConfig {
                 idle_timeout: env.secs_or("CLIENT_IDLE_TIMEOUT_SECS", 60)?,
                 connect_timeout: env.millis_or("CONNECT_TIMEOUT_MS", 2_000)?,
                 upstream_timeout: env.secs_or("UPSTREAM_TIMEOUT_SECS", 60)?,
-                pool_max_idle: env.range_or("POOL_MAX_IDLE", 64, 0, 100_000)?,
+                pool_max_idle: env.range_or("POOL_MAX_IDLE", 256, 0, 100_000)?,
                 pool_idle_timeout: env.secs_or("POOL_IDLE_TIMEOUT_SECS", 30)?,
             },
             trusted_proxies: env.cidrs("TRUSTED_PROXIES", "")?,

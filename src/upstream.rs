@@ -91,9 +91,19 @@ impl ConnPool {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Checkout takes the newest (LIFO keeps few connections warm), so
+        // the oldest sit at the front: drop one that outlived the idle
+        // timeout on each check-in, so a burst's surplus drains away.
+        if idle
+            .first()
+            .is_some_and(|(_, since)| now.duration_since(*since) > self.idle_timeout)
+        {
+            idle.remove(0);
+        }
         if idle.len() < self.max_idle {
-            idle.push((sender, Instant::now()));
+            idle.push((sender, now));
         }
     }
 

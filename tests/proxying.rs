@@ -56,6 +56,42 @@ async fn websocket_echo_goes_through_on_the_clients_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_at_the_balancer_both_ways() {
+    let backends = backends(1).await;
+    let lb = TestBalancer::start(&config(&backends)).await;
+    lb.wait_healthy(1).await;
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    let r = c
+        .send(
+            "GET",
+            "/hop",
+            &[
+                ("connection", "x-client-hop"),
+                ("x-client-hop", "1"),
+                ("te", "trailers"),
+            ],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    for gone in ["keep-alive", "x-hop", "proxy-authenticate"] {
+        assert!(
+            !r.headers.contains_key(gone),
+            "{gone} reached the client: {:?}",
+            r.headers
+        );
+    }
+    assert_eq!(
+        r.json()["connection"],
+        serde_json::Value::Null,
+        "the backend saw no Connection header"
+    );
+    // The connection stays usable: the backend's hop headers did not close it.
+    assert_eq!(c.get("/again").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_clients_reach_http1_backends() {
     let backends = backends(2).await;
     let lb = TestBalancer::start(&config(&backends)).await;

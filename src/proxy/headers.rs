@@ -103,30 +103,31 @@ pub fn set_forwarding(
     host: Option<&HeaderValue>,
 ) {
     let peer = peer.to_canonical();
-    let mut buf = itoa_ip(peer);
-    if from_trusted {
+    let client = client.to_canonical();
+    let peer_value = ip_value(peer);
+    let xff = if from_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         // Fold every existing line into one list and append the peer.
-        let mut prior = String::new();
+        let mut list = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
             if let Ok(v) = v.to_str() {
-                if !prior.is_empty() {
-                    prior.push_str(", ");
-                }
-                prior.push_str(v);
+                list.push_str(v);
+                list.push_str(", ");
             }
         }
-        if !prior.is_empty() {
-            prior.push_str(", ");
-            prior.push_str(&buf);
-            buf = prior;
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&buf) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&itoa_ip(client.to_canonical())) {
-        headers.insert(&X_REAL_IP, v);
-    }
+        list.push_str(peer_value.to_str().unwrap_or(""));
+        HeaderValue::from_str(&list).unwrap_or_else(|_| peer_value.clone())
+    } else {
+        peer_value.clone()
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    // The common case, a direct client: one formatted value serves both
+    // headers (a HeaderValue clone shares its bytes).
+    let real_ip = if client == peer {
+        peer_value
+    } else {
+        ip_value(client)
+    };
+    headers.insert(&X_REAL_IP, real_ip);
     if !(from_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -142,8 +143,15 @@ pub fn set_forwarding(
     }
 }
 
-fn itoa_ip(ip: IpAddr) -> String {
-    ip.to_string()
+/// An IP address as a header value, formatted on the stack: one allocation
+/// (the value's own bytes) instead of a `String` and a copy.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48]; // the longest IPv6 text is 45 bytes
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

@@ -279,7 +279,9 @@ async fn send(
                     error: ProxyError::Timeout,
                 });
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                let switching = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
+                headers::strip_hop_by_hop(resp.headers_mut(), switching);
                 let keep = (!upgrade).then_some(sender);
                 return Ok(resp.map(|b| ProxyBody::upstream(b, keep, guard)));
             }

@@ -197,6 +197,17 @@ async fn backend_handle(
     let mut resp = reply(&shared.name, StatusCode::OK, echo.to_string());
     resp.headers_mut()
         .insert("x-body-len", HeaderValue::from(body_len));
+    if path == "/hop" {
+        // Hop-by-hop headers a proxy must not pass on to its client.
+        let h = resp.headers_mut();
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("for this hop only"));
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
+    }
     Ok(resp)
 }
 
