@@ -20,7 +20,8 @@ use crate::config::{ConfigError, Env};
 /// Where the data lives.
 #[derive(Clone)]
 pub enum DbTarget {
-    MySql(MySqlConnectOptions),
+    /// Boxed: the options are large and copied with the config.
+    MySql(Box<MySqlConnectOptions>),
     Sqlite(PathBuf),
 }
 
@@ -58,7 +59,7 @@ impl DbConfig {
             if let Some(pw) = env.raw("MYSQL_PASSWORD") {
                 opts = opts.password(pw);
             }
-            DbTarget::MySql(opts)
+            DbTarget::MySql(Box::new(opts))
         } else {
             DbTarget::Sqlite(PathBuf::from(
                 env.raw("SQLITE_PATH").unwrap_or("data/hashgate.db"),
@@ -136,7 +137,7 @@ fn parse_url(url: &str) -> Result<DbTarget, ConfigError> {
         Some(db) if !is_plain_identifier(db) => {
             Err(bad("database name: use letters, digits and _ only"))
         }
-        Some(_) => Ok(DbTarget::MySql(opts)),
+        Some(_) => Ok(DbTarget::MySql(Box::new(opts))),
     }
 }
 

@@ -118,7 +118,7 @@ impl Store {
                 MySqlPoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)
-                    .connect_lazy_with(opts.clone()),
+                    .connect_lazy_with((**opts).clone()),
             ),
             DbTarget::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
