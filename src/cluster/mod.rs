@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     /// `HEALTH_INTERVAL_SECS` for the balancer child: 2 s unless set, so a
     /// killed instance shows as down on `/lb` at once in local development.
     pub health_interval: String,
+    /// `TRUSTED_PROXIES` for the instances: whatever is configured plus
+    /// loopback, where the cluster's own balancer connects from.
+    pub api_trusted_proxies: String,
 }
 
 impl ClusterConfig {
@@ -55,6 +58,12 @@ impl ClusterConfig {
             balancer_port: env.port_or("BALANCER_PORT", 13003)?,
             balancer: true,
             health_interval: health_interval.to_string(),
+            api_trusted_proxies: {
+                let nets = env.cidrs("TRUSTED_PROXIES", "")?;
+                let mut list: Vec<String> = nets.iter().map(ToString::to_string).collect();
+                list.extend(["127.0.0.0/8".to_owned(), "::1/128".to_owned()]);
+                list.join(",")
+            },
         })
     }
 
@@ -73,7 +82,10 @@ impl ClusterConfig {
                 name: format!("api-{}", i + 1),
                 kind: "api",
                 port,
-                env: vec![("PORT".into(), port.to_string())],
+                env: vec![
+                    ("PORT".into(), port.to_string()),
+                    ("TRUSTED_PROXIES".into(), self.api_trusted_proxies.clone()),
+                ],
                 // Every instance must have its own identity (the default,
                 // hostname:port), whatever `.env` says.
                 env_remove: vec!["INSTANCE_ID"],
