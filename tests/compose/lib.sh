@@ -62,12 +62,18 @@ ensure_dockerd() {
         return 0
     fi
     log "dockerd: starting one (log $WORK/dockerd.log)"
-    as_root dockerd >"$WORK/dockerd.log" 2>&1 &
+    # Not through as_root: a backgrounded function is a subshell, and $! would
+    # be that subshell, not dockerd (sudo forwards our SIGTERM to its child).
+    if [[ $EUID -eq 0 ]]; then
+        dockerd >"$WORK/dockerd.log" 2>&1 &
+    else
+        sudo dockerd >"$WORK/dockerd.log" 2>&1 &
+    fi
     DOCKERD_PID=$!
     local i
     for i in $(seq 60); do
         docker info >/dev/null 2>&1 && return 0
-        kill -0 "$DOCKERD_PID" 2>/dev/null || break
+        [[ -d /proc/$DOCKERD_PID ]] || break
         sleep 1
     done
     tail -20 "$WORK/dockerd.log" >&2
@@ -78,8 +84,9 @@ stop_dockerd() {
     log "dockerd: stopping pid $DOCKERD_PID"
     as_root kill -TERM "$DOCKERD_PID" 2>/dev/null
     local i
-    for i in $(seq 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
-    kill -0 "$DOCKERD_PID" 2>/dev/null && as_root kill -KILL "$DOCKERD_PID"
+    for i in $(seq 30); do [[ -d /proc/$DOCKERD_PID ]] || break; sleep 1; done
+    [[ -d /proc/$DOCKERD_PID ]] && as_root kill -KILL "$DOCKERD_PID"
+    wait "$DOCKERD_PID" 2>/dev/null
     DOCKERD_PID=""
 }
 
