@@ -295,3 +295,81 @@ on_both!(
 );
 on_both!(bad_input, bad_input_sqlite, bad_input_mysql);
 on_both!(offline_sweep, offline_sweep_sqlite, offline_sweep_mysql);
+
+/// `X-Instance-Id` on every response, the status page, `/api/client-ip`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_endpoints() {
+    let db = Db::sqlite();
+    let mut env = db.env();
+    env.push(("INSTANCE_ID".into(), "api-test-7".into()));
+    let inst = Instance::start(&env).await;
+    inst.wait_healthy(Duration::from_secs(30)).await;
+    let a = inst.addr;
+    for (path, code) in [("/health", 200), ("/nope", 404), ("/api/v1/workers/x", 400)] {
+        let r = support::get(a, path).await.expect("get");
+        assert_eq!(r.status.as_u16(), code, "{path}");
+        assert_eq!(r.headers["x-instance-id"], "api-test-7", "{path}");
+    }
+    let (_, body) = json(a, "POST", "/api/v1/worker/register", Some(W1)).await;
+    let id = body["data"]["workerId"].as_i64().expect("id");
+    let other = W1.replace("9001", "9002");
+    json(a, "POST", "/api/v1/worker/register", Some(&other)).await;
+    let hb = json!({"workerId": id, "status": "busy"}).to_string();
+    json(a, "POST", "/api/v1/worker/heartbeat", Some(&hb)).await;
+
+    let page = support::get(a, "/status.html").await.expect("page");
+    assert_eq!(page.status, StatusCode::OK);
+    let html = String::from_utf8_lossy(&page.body);
+    for needle in [
+        "api-test-7",
+        "sqlite",
+        "id=\"db-state\">ok<",
+        "st-busy\">busy</span></td><td data-label=\"Count\" class=\"num\">1<",
+        "st-online\">online</span></td><td data-label=\"Count\" class=\"num\">1<",
+        &format!("pid {}", std::process::id()),
+    ] {
+        assert!(
+            html.contains(needle),
+            "status page lacks {needle:?}:\n{html}"
+        );
+    }
+
+    // Loopback is trusted by default: the balancer's header is believed.
+    let mut c = support::Client::connect(a).await.expect("connect");
+    let r = c
+        .send(
+            "GET",
+            "/api/client-ip",
+            &[("x-forwarded-for", "198.51.100.4, 203.0.113.5")],
+            Default::default(),
+        )
+        .await
+        .expect("client-ip");
+    let v = r.json();
+    assert_eq!(v["ip"], "203.0.113.5", "{v}");
+    assert_eq!(v["forwarded_for"], "198.51.100.4, 203.0.113.5");
+    assert_eq!(v["instance"], "api-test-7");
+    assert!(
+        v["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+    inst.stop().await;
+
+    // From a peer that is not trusted, the header is ignored.
+    env.push(("TRUSTED_PROXIES".into(), "10.0.0.0/8".into()));
+    let inst = Instance::start(&env).await;
+    let mut c = support::Client::connect(inst.addr).await.expect("connect");
+    let r = c
+        .send(
+            "GET",
+            "/api/client-ip",
+            &[("x-forwarded-for", "203.0.113.5")],
+            Default::default(),
+        )
+        .await
+        .expect("client-ip");
+    assert_eq!(r.json()["ip"], "127.0.0.1");
+    inst.stop().await;
+}
