@@ -26,6 +26,12 @@
 //! - [`upstream`]: pooled keep-alive connections to one backend.
 //! - [`proxy`]: the request path: pick, forward, fail over, map errors.
 //! - [`balancer`]: wiring, own endpoints (`/health`, `/lb`, `/lb/status`).
+//! - [`api`]: an API instance (axum router, worker registry, `/health`,
+//!   `/status.html`), served through the same accept loop.
+//! - [`store`]: the database seam: one `Store` over MySQL or embedded SQLite,
+//!   migrations safe under concurrent start-up.
+//! - [`cluster`]: the local launcher (`cargo run --bin cluster`), supervising
+//!   the instances and the balancer as child processes of itself.
 //! - [`server`], [`shutdown`], [`telemetry`]: the accept loop, the one
 //!   shutdown path and logging, shared by every binary.
 

@@ -241,3 +241,23 @@ async fn the_password_never_appears_in_logs_errors_or_pages() {
         "{err}"
     );
 }
+
+/// `api healthcheck` (the container probe) exits 0 only while `/health` is 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_subcommand_follows_health() {
+    let dir = TempDir::new("probe");
+    let port = api::free_ports(1)[0];
+    let probe = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_api"))
+            .arg("healthcheck")
+            .env_clear()
+            .env("PORT", port.to_string())
+            .output()
+            .expect("run api healthcheck")
+            .status
+    };
+    assert!(!probe().success(), "nothing listening yet");
+    let p = ApiProcess::spawn(port, &api::sqlite_env(&dir), dir.0.join("api.log"));
+    api::wait_healthy(p.addr, Duration::from_secs(30)).await;
+    assert!(probe().success(), "{}", p.log());
+}

@@ -116,7 +116,7 @@ impl ClusterConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
-        "port {port} is already in use ({source}); free it or choose other ports with --start-port / BALANCER_PORT"
+        "port {port} is already in use ({source}); free it or choose other ports with --start-port / --balancer-port"
     )]
     PortInUse { port: u16, source: std::io::Error },
     #[error("cannot find the cluster executable: {0}")]

@@ -4,7 +4,7 @@
 //! hosts) and an embedded SQLite file (local development, several processes
 //! sharing one file in WAL mode). Both use `?` placeholders and the same
 //! column types as far as the queries can tell, so a query is written once and
-//! run on whichever pool [`on_pool!`] picks; only the DDL and the upsert differ.
+//! run on whichever pool the `on_pool!` macro picks; only the DDL and the upsert differ.
 //!
 //! Every operation is bounded by `DB_QUERY_TIMEOUT_MS` and the pool's acquire
 //! timeout, so a dead database turns into [`StoreError::Unavailable`] (503)
