@@ -119,6 +119,64 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// Exit status for a bad configuration value.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit status when the listening port cannot be bound (the cluster launcher
+/// treats it as fatal instead of restarting the child).
+pub const EXIT_BIND_FAILED: u8 = 3;
+
+/// The whole life of a server process, shared by every binary and the
+/// cluster launcher's children: take the parsed config (a bad value was
+/// already named by its `ConfigError`), start a runtime with
+/// `worker_threads` (0 = one per core), bind `listen`, run until `run`
+/// returns. Errors are printed and mapped to an exit status.
+pub fn main_with<C, F>(
+    name: &str,
+    config: Result<C, crate::config::ConfigError>,
+    listen: impl Fn(&C) -> (SocketAddr, usize),
+    run: impl FnOnce(TcpListener, C) -> F,
+) -> std::process::ExitCode
+where
+    F: Future<Output = std::io::Result<()>>,
+{
+    use std::process::ExitCode;
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (addr, threads) = listen(&config);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        rt.worker_threads(threads);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, port = addr.port(), "cannot listen");
+                return ExitCode::from(EXIT_BIND_FAILED);
+            }
+        };
+        match run(listener, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "{name} failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// A future that never resolves: a `shutdown` for callers with no other plan.
 pub fn never() -> impl Future<Output = ()> + Send + 'static {
     std::future::pending()

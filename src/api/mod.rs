@@ -195,52 +195,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Exit status when the listening port cannot be bound (the cluster launcher
-/// treats it as fatal instead of restarting the instance).
-pub const EXIT_BIND_FAILED: u8 = 3;
-/// Exit status for a bad configuration value.
-pub const EXIT_CONFIG: u8 = 2;
-
 /// The whole life of an API process, shared by the `api` binary and the
-/// cluster launcher's children: parse `env`, start a runtime, bind, serve
-/// until `shutdown`. Errors are printed (never with a password) and mapped to
-/// an exit status.
+/// cluster launcher's children: parse `env`, serve until `shutdown`.
 pub fn main_with(
     env: &crate::config::Env,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let config = match ApiConfig::from_env(env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("api: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("api: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let listener = match server::bind(config.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, port = config.listen.port(), "cannot listen");
-                return ExitCode::from(EXIT_BIND_FAILED);
-            }
-        };
-        match run(listener, config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "api instance failed");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    server::main_with(
+        "api",
+        ApiConfig::from_env(env),
+        |c| (c.listen, 0),
+        |listener, config| run(listener, config, shutdown),
+    )
 }

@@ -178,6 +178,20 @@ impl Balancer {
     }
 }
 
+/// The whole life of a balancer process, shared by the `balancer` binary and
+/// the cluster launcher's child: parse `env`, serve until `shutdown`.
+pub fn main_with(
+    env: &crate::config::Env,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::process::ExitCode {
+    server::main_with(
+        "balancer",
+        BalancerConfig::from_env(env),
+        |c| (c.listen, c.worker_threads),
+        |listener, config| run(listener, config, shutdown),
+    )
+}
+
 /// Runs the balancer on `listener` until `shutdown` resolves, then drains.
 pub async fn run(
     listener: TcpListener,

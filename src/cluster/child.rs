@@ -16,15 +16,15 @@ use std::future::Future;
 use std::io::Read;
 use std::process::ExitCode;
 
-use crate::api::{EXIT_BIND_FAILED, EXIT_CONFIG};
-use crate::config::{BalancerConfig, Env};
-use crate::{api, balancer, server, shutdown};
+use crate::config::Env;
+use crate::server::EXIT_CONFIG;
+use crate::{api, balancer, shutdown};
 
 /// Runs child `kind` (`api` or `balancer`) to completion.
 pub fn main(kind: &str, env: &Env) -> ExitCode {
     match kind {
         "api" => api::main_with(env, stop_signal()),
-        "balancer" => run_balancer(env),
+        "balancer" => balancer::main_with(env, stop_signal()),
         other => {
             eprintln!("cluster: unknown child kind {other:?}");
             ExitCode::from(EXIT_CONFIG)
@@ -51,41 +51,4 @@ fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
             _ = rx => tracing::info!("launcher closed stdin, shutting down"),
         }
     }
-}
-
-/// The `balancer` binary's main, with the launcher's stop signal.
-fn run_balancer(env: &Env) -> ExitCode {
-    let config = match BalancerConfig::from_env(env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("balancer: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("balancer: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let listener = match server::bind(config.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, port = config.listen.port(), "cannot listen");
-                return ExitCode::from(EXIT_BIND_FAILED);
-            }
-        };
-        match balancer::run(listener, config, stop_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "balancer failed");
-                ExitCode::FAILURE
-            }
-        }
-    })
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::api::{EXIT_BIND_FAILED, EXIT_CONFIG};
+use crate::server::{EXIT_BIND_FAILED, EXIT_CONFIG};
 use crate::shutdown::Shutdown;
 
 /// How to start one child.
