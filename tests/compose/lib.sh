@@ -38,6 +38,9 @@ ensure_packages() {
         mariadbd:mariadb-server mariadb:mariadb-client curl:curl python3:python3 ip:iproute2; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
+    # glibc's static libc.a, for the +crt-static binaries docker/build.sh makes.
+    dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q 'ok installed' ||
+        missing+=(libc6-dev)
     [[ ${#missing[@]} -eq 0 ]] && { log "packages: all present"; return 0; }
     log "packages: installing ${missing[*]}"
     local policy=/usr/sbin/policy-rc.d own_policy=0
