@@ -4,8 +4,9 @@
 //! the right-most address of `X-Forwarded-For` that is not itself a trusted
 //! proxy, the first hop nobody we trust can vouch for. An untrusted client can
 //! therefore never choose its key (and so its backend) by sending headers: its
-//! header is ignored. A trusted proxy that sends a malformed list falls back
-//! to the proxy's own address rather than to a guess.
+//! header is ignored. When every hop is trusted, the left-most one is the
+//! client (a client inside a trusted network). A malformed hop ends the walk:
+//! the last hop before it that we could read is the key, never a guess.
 
 use std::net::IpAddr;
 
@@ -42,19 +43,23 @@ impl TrustedProxies {
         // Several X-Forwarded-For lines form one list, in order; walk it
         // from the right, skipping hops we trust. A malformed hop ends the
         // walk: nothing left of it can be vouched for.
+        // `last` is the left-most hop reached so far: when every hop is
+        // trusted (a client inside a trusted network), that is the client,
+        // as nginx's real_ip_recursive has it.
+        let mut last = peer;
         for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
             let Ok(value) = value.to_str() else {
-                return peer;
+                return last;
             };
             for hop in value.rsplit(',') {
                 match parse_hop(hop) {
                     Some(ip) if !self.contains(ip) => return ip,
-                    Some(_) => {}
-                    None => return peer,
+                    Some(ip) => last = ip,
+                    None => return last,
                 }
             }
         }
-        peer
+        last
     }
 }
 
@@ -128,17 +133,25 @@ mod tests {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(t.client_ip(ip("10.0.0.2"), &headers(&[])), ip("10.0.0.2"));
         assert_eq!(
-            t.client_ip(ip("10.0.0.2"), &headers(&["10.9.9.9"])),
+            t.client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4, garbage"])),
             ip("10.0.0.2")
         );
         assert_eq!(
-            t.client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4, garbage"])),
-            ip("10.0.0.2")
+            t.client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4, garbage, 10.1.1.1"])),
+            ip("10.1.1.1"),
+            "the last hop read before the malformed one"
         );
         assert_eq!(
             t.client_ip(ip("10.0.0.2"), &headers(&["garbage, 1.2.3.4"])),
             ip("1.2.3.4")
         );
+    }
+
+    #[test]
+    fn when_every_hop_is_trusted_the_leftmost_is_the_client() {
+        let t = trusted(&["10.0.0.0/8", "192.168.0.0/16"]);
+        let h = headers(&["192.168.1.20, 10.9.9.9"]);
+        assert_eq!(t.client_ip(ip("10.0.0.2"), &h), ip("192.168.1.20"));
     }
 
     #[test]
