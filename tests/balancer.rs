@@ -317,3 +317,78 @@ async fn a_refused_post_is_retried_elsewhere_with_its_body() {
         assert_eq!(r.headers["x-body-len"], "100000", "the whole body arrived");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_share_clients_and_weight_zero_drains() {
+    let backends = backends(3).await;
+    let list = format!(
+        "{}=2,{},{}=0",
+        backends[0].addr, backends[1].addr, backends[2].addr
+    );
+    let mut cfg = config(&backends);
+    cfg[0].1 = list;
+    let lb = TestBalancer::start(&cfg).await;
+    let status = wait_for(
+        "b3 draining, b1 and b2 up",
+        Duration::from_secs(10),
+        || async {
+            let s = lb.status().await;
+            let states: Vec<String> = s["backends"]
+                .as_array()?
+                .iter()
+                .map(|b| b["state"].as_str().unwrap_or("").to_owned())
+                .collect();
+            let up = states.iter().filter(|s| *s == "up").count();
+            (up == 2 && states.contains(&"draining".to_owned())).then_some(s)
+        },
+    )
+    .await;
+    let shares: Vec<f64> = status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["share"].as_f64().unwrap())
+        .collect();
+    assert!(
+        shares.contains(&0.0),
+        "the drained backend owns nothing: {shares:?}"
+    );
+
+    let placed = placement(lb.addr, 600).await;
+    let count = |name: &str| placed.values().filter(|b| *b == name).count() as f64;
+    assert_eq!(count("b3"), 0.0, "weight 0 takes no clients");
+    let ratio = count("b1") / count("b2");
+    assert!(
+        (1.6..=2.4).contains(&ratio),
+        "weight 2 takes about twice the clients: {ratio}"
+    );
+    // /health counts only backends taking clients.
+    assert_eq!(
+        get(lb.addr, "/health").await.unwrap().json()["healthy_backends"],
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_are_keyed_and_forwarded() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback on this host");
+        return;
+    }
+    let backends = backends(3).await;
+    let lb = TestBalancer::start_on("[::1]:0".parse().unwrap(), &config(&backends)).await;
+    lb.wait_healthy(3).await;
+    let ip: std::net::IpAddr = "::1".parse().unwrap();
+    let first = get_from(ip, lb.addr, "/v6").await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.json()["x_real_ip"], "::1");
+    assert_eq!(first.json()["x_forwarded_for"], "::1");
+    for _ in 0..10 {
+        let again = get_from(ip, lb.addr, "/v6").await.unwrap();
+        assert_eq!(
+            again.backend(),
+            first.backend(),
+            "an IPv6 client sticks too"
+        );
+    }
+}

@@ -285,11 +285,14 @@ pub struct TestBalancer {
 impl TestBalancer {
     /// Starts a balancer configured by `pairs` (environment-variable names).
     pub async fn start(pairs: &[(&str, String)]) -> TestBalancer {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), pairs).await
+    }
+
+    /// Starts a balancer listening on `addr` (e.g. `[::1]:0`).
+    pub async fn start_on(addr: SocketAddr, pairs: &[(&str, String)]) -> TestBalancer {
         let env = Env::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let config = BalancerConfig::from_env(&env).expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind balancer");
+        let listener = TcpListener::bind(addr).await.expect("bind balancer");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(hashgate::balancer::run(listener, config, async move {
