@@ -15,8 +15,9 @@ HZ=$(getconf CLK_TCK)
 # CPU placement (see bench/README.md): the load generator owns CPU 1; the
 # backends and one-thread candidates share CPU 0; two-thread candidates may
 # use both. On a one-CPU machine nothing is pinned.
+# Each list can be overridden from the environment (empty: not pinned).
 if (($(nproc) >= 2)); then
-    GEN_CPUS=1 BACKEND_CPUS=0 LB1_CPUS=0 LB2_CPUS=0,1
+    GEN_CPUS=${GEN_CPUS-1} BACKEND_CPUS=${BACKEND_CPUS-0} LB1_CPUS=${LB1_CPUS-0} LB2_CPUS=${LB2_CPUS-0,1}
 else
     GEN_CPUS= BACKEND_CPUS= LB1_CPUS= LB2_CPUS=
 fi

@@ -7,7 +7,8 @@
 # Environment overrides: ROUNDS, DURATION, WARMUP (seconds), IDLE_CONNS,
 # WS_TUNNELS, WS_MESSAGES, CANDIDATES (space list, from: direct haproxy-1
 # haproxy-2 nginx-1 nginx-2 hashgate-1 hashgate-2), PHASES (subset of
-# "http idle ws"), STATUS_PORT (13009).
+# "http idle ws"), STATUS_PORT (13009), GEN_CPUS / BACKEND_CPUS / LB1_CPUS /
+# LB2_CPUS (CPU lists for taskset: 1 / 0 / 0 / 0,1; empty = not pinned).
 #
 # Writes bench/results-<date>.md (…-quick.md for --quick) and prints it.
 # See bench/README.md for what is measured and why it is set up this way.
@@ -19,7 +20,7 @@ for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
         -h | --help)
-            sed -n '2,14p' "$0"
+            sed -n '2,15p' "$0"
             exit 0
             ;;
         *) die "unknown argument $arg (try --help)" ;;
