@@ -20,7 +20,7 @@ for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
         -h | --help)
-            sed -n '2,15p' "$0"
+            sed -n '2,/^set /{/^#/p}' "$0"
             exit 0
             ;;
         *) die "unknown argument $arg (try --help)" ;;
