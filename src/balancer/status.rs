@@ -223,3 +223,90 @@ fn http_date(t: SystemTime) -> String {
 struct LbPage<'a> {
     s: &'a Status,
 }
+
+/// How the page shows the numbers. Methods rather than fields, so the JSON
+/// stays the raw data and scripts never parse "2 h 13 min".
+impl Status {
+    /// `2 h 13 min`.
+    pub fn uptime_text(&self) -> String {
+        human_secs(self.uptime_secs)
+    }
+
+    /// The headline colour: `ok` when every backend is up, `bad` when none
+    /// is, `warn` in between (some down or draining).
+    pub fn level(&self) -> &'static str {
+        match self.healthy {
+            0 => "bad",
+            n if n == self.backends.len() => "ok",
+            _ => "warn",
+        }
+    }
+
+    /// `refreshed 12 s ago`, or `not yet`.
+    pub fn discovery_refresh_text(&self) -> String {
+        match self.discovery.last_refresh_ago_secs {
+            Some(s) => format!("refreshed {} ago", human_secs(s)),
+            None => "not refreshed yet".to_owned(),
+        }
+    }
+}
+
+impl BackendStatus {
+    /// Share of the hash space in percent, for the bar and its label.
+    pub fn share_pct(&self) -> f64 {
+        self.share * 100.0
+    }
+
+    /// `0.4 ms`, `153 ms`, `1.25 s`, or `–` before the first passed check.
+    pub fn latency_text(&self) -> String {
+        match self.latency_ms {
+            None => "–".to_owned(),
+            Some(ms) if ms < 100.0 => format!("{ms:.1} ms"),
+            Some(ms) if ms < 1000.0 => format!("{ms:.0} ms"),
+            Some(ms) => format!("{:.2} s", ms / 1000.0),
+        }
+    }
+
+    /// `3 s ago`, or `never` before the first check.
+    pub fn last_check_text(&self) -> String {
+        match self.last_check_ago_secs {
+            Some(s) => format!("{} ago", human_secs(s)),
+            None => "never".to_owned(),
+        }
+    }
+}
+
+/// `45 s`, `2 min 5 s`, `2 h 13 min`, `3 d 4 h`: two units at most, which is
+/// all a glance at a status page needs.
+pub fn human_secs(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let pair = |big: u64, bu: &str, small: u64, su: &str| {
+        if small == 0 {
+            format!("{big} {bu}")
+        } else {
+            format!("{big} {bu} {small} {su}")
+        }
+    };
+    match secs {
+        0..60 => format!("{s} s"),
+        60..3600 => pair(m, "min", s, "s"),
+        3600..86_400 => pair(h, "h", m, "min"),
+        _ => pair(d, "d", h, "h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_secs;
+
+    #[test]
+    fn durations_read_as_two_units_at_most() {
+        assert_eq!(human_secs(0), "0 s");
+        assert_eq!(human_secs(59), "59 s");
+        assert_eq!(human_secs(60), "1 min");
+        assert_eq!(human_secs(125), "2 min 5 s");
+        assert_eq!(human_secs(7980), "2 h 13 min");
+        assert_eq!(human_secs(7200), "2 h");
+        assert_eq!(human_secs(3 * 86_400 + 4 * 3600 + 59), "3 d 4 h");
+    }
+}
