@@ -18,10 +18,13 @@ use hyper::StatusCode;
 
 use api::{TempDir, json};
 
-/// `n` consecutive free ports (for the instances) plus one for the balancer.
+/// `n` consecutive free ports (for the instances) plus one for the balancer,
+/// drawn from 20000..32000: below Linux's ephemeral range (32768 up), so an
+/// outgoing connection of another test cannot take one between this check
+/// and the launcher's bind.
 fn port_block(n: u16) -> (u16, u16) {
     for _ in 0..200 {
-        let start = 20_000 + (rand::random::<u16>() % 30_000);
+        let start = 20_000 + (rand::random::<u16>() % 12_000);
         let held: Result<Vec<TcpListener>, _> = (start..=start + n)
             .map(|p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)))
             .collect();

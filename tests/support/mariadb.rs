@@ -79,10 +79,14 @@ impl MariaDb {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the MariaDB directory");
+        // Each server gets its own tmpdir: bootstraps running side by side
+        // in one shared /tmp were seen to fail on each other's temp tables
+        // ("Error on delete of '/tmp/#sql-temptable-...'").
+        std::fs::create_dir_all(dir.join("tmp")).expect("create the MariaDB directory");
         let mut cmd = Command::new(&install);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -121,6 +125,7 @@ impl MariaDb {
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.dir.join("data").display()))
             .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!(
                 "--pid-file={}",
                 self.dir.join("mysqld.pid").display()
