@@ -229,7 +229,8 @@ pub struct BalancerConfig {
     pub limits: ProxyLimits,
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
-    /// `WORKER_THREADS`: tokio worker threads (0 = one per core).
+    /// `WORKER_THREADS`: connection worker threads, each a single-threaded
+    /// event loop (0 = one per core); see [`crate::workers`].
     pub worker_threads: usize,
 }
 

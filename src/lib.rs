@@ -34,6 +34,8 @@
 //!   the instances and the balancer as child processes of itself.
 //! - [`server`], [`shutdown`], [`telemetry`]: the accept loop, the one
 //!   shutdown path and logging, shared by every binary.
+//! - [`workers`]: the balancer's per-core connection threads, each a
+//!   single-threaded event loop that also owns its upstream connections.
 
 pub mod api;
 pub mod backend;
@@ -50,3 +52,4 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod workers;

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,11 +18,11 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tracing::Instrument;
 
 use crate::shutdown::Shutdown;
+use crate::workers;
 
 /// Client-facing limits of one listener.
 #[derive(Debug, Clone)]
@@ -70,7 +71,9 @@ where
         .max_header_list_size(opts.max_header_bytes as u32)
         .keep_alive_interval(Some(opts.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let workers = workers::installed();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -87,19 +90,27 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make(peer));
-        let conn = graceful.watch(conn.into_owned());
-        // A span per connection: free at the default level, and with
-        // RUST_LOG=debug every line of a connection carries its peer.
-        let span = tracing::debug_span!("conn", %peer);
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "client connection ended with an error");
-                }
+        let service = make(peer);
+        let watcher = graceful.watcher();
+        let builder = Arc::clone(&builder);
+        match workers {
+            // Hand the socket to a worker thread, which registers it with
+            // its own reactor and serves it there (see `workers`).
+            Some(workers) => match stream.into_std() {
+                Ok(stream) => workers.spawn_conn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => serve_conn(&builder, stream, service, watcher, peer).await,
+                        Err(e) => tracing::warn!(%peer, error = %e, "cannot register a connection"),
+                    }
+                }),
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot hand a connection over"),
+            },
+            None => {
+                tokio::spawn(async move {
+                    serve_conn(&builder, stream, service, watcher, peer).await;
+                });
             }
-            .instrument(span),
-        );
+        }
     }
     drop(listener);
 
@@ -108,6 +119,25 @@ where
         () = tokio::time::sleep(opts.grace) => {
             tracing::warn!(grace = ?opts.grace, "grace period over, dropping the connections still open");
         }
+    }
+}
+
+/// Serves one client connection to its end (or to the drain's end).
+async fn serve_conn<S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    service: S,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
 }
 
@@ -125,15 +155,27 @@ pub const EXIT_CONFIG: u8 = 2;
 /// treats it as fatal instead of restarting the child).
 pub const EXIT_BIND_FAILED: u8 = 3;
 
+/// How a server process runs its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// tokio's work-stealing runtime with this many threads (0 = one per
+    /// core): the API instances, whose handlers wait on the database.
+    Shared(usize),
+    /// The control plane on the main thread plus this many per-core
+    /// connection workers (0 = one per core): the balancer. See
+    /// [`crate::workers`].
+    PerCore(usize),
+}
+
 /// The whole life of a server process, shared by every binary and the
 /// cluster launcher's children: take the parsed config (a bad value was
-/// already named by its `ConfigError`), start a runtime with
-/// `worker_threads` (0 = one per core), bind `listen`, run until `run`
-/// returns. Errors are printed and mapped to an exit status.
+/// already named by its `ConfigError`), start the runtime(s) `listen` asks
+/// for, bind `listen`'s address, run until `run` returns. Errors are printed
+/// and mapped to an exit status.
 pub fn main_with<C, F>(
     name: &str,
     config: Result<C, crate::config::ConfigError>,
-    listen: impl Fn(&C) -> (SocketAddr, usize),
+    listen: impl Fn(&C) -> (SocketAddr, Threads),
     run: impl FnOnce(TcpListener, C) -> F,
 ) -> std::process::ExitCode
 where
@@ -148,11 +190,30 @@ where
         }
     };
     let (addr, threads) = listen(&config);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
-        rt.worker_threads(threads);
-    }
-    let rt = match rt.enable_all().build() {
+    let cores = || std::thread::available_parallelism().map_or(1, usize::from);
+    let mut _workers = None;
+    let rt = match threads {
+        Threads::Shared(n) => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                rt.worker_threads(n);
+            }
+            rt.enable_all().build()
+        }
+        Threads::PerCore(n) => {
+            let n = if n == 0 { cores() } else { n };
+            match workers::Workers::install(n, name) {
+                Ok(running) => {
+                    _workers = Some(running);
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start the runtime: {e}");

@@ -8,8 +8,12 @@
 //! unsent) from "the backend failed mid-request", which decides whether a
 //! request may be retried elsewhere.
 //!
-//! The idle list sits behind a `std` mutex held only to push or pop, never
-//! across an await.
+//! Each connection worker thread has its own idle list (see
+//! [`crate::workers`]): a connection is driven by a task on the thread that
+//! opened it, so handing it to a request on another thread would turn every
+//! exchange into cross-thread wake-ups. Each list sits behind a `std` mutex
+//! held only to push or pop, never across an await, and in practice only
+//! ever taken by its own thread.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +27,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::workers;
+
 /// The body sent upstream: the client's own stream, or nothing (a retried
 /// bodiless request, a health probe).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -30,11 +36,15 @@ pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 /// A connection's request handle.
 pub type Sender = http1::SendRequest<UpstreamBody>;
 
+/// One thread's idle connections, newest last, with the time each was put back.
+type IdleList = Mutex<Vec<(Sender, Instant)>>;
+
 /// Idle keep-alive connections to one backend.
 #[derive(Debug)]
 pub struct ConnPool {
     addr: SocketAddr,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// One idle list per worker slot ([`crate::workers::slot`]).
+    idle: Box<[IdleList]>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -60,11 +70,16 @@ impl ConnPool {
     ) -> Self {
         ConnPool {
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..workers::slots()).map(|_| Mutex::default()).collect(),
             max_idle,
             idle_timeout,
             connect_timeout,
         }
+    }
+
+    /// The calling thread's idle list.
+    fn own(&self) -> &IdleList {
+        &self.idle[workers::slot() % self.idle.len()]
     }
 
     /// An idle connection ready for a request, if the pool holds one.
@@ -72,7 +87,7 @@ impl ConnPool {
     pub async fn checkout(&self) -> Option<Sender> {
         loop {
             let (mut sender, since) = {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let mut idle = self.own().lock().unwrap_or_else(|p| p.into_inner());
                 idle.pop()?
             };
             if sender.is_closed() || since.elapsed() > self.idle_timeout {
@@ -92,7 +107,7 @@ impl ConnPool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.own().lock().unwrap_or_else(|p| p.into_inner());
         // Checkout takes the newest (LIFO keeps few connections warm), so
         // the oldest sit at the front: drop one that outlived the idle
         // timeout on each check-in, so a burst's surplus drains away.
@@ -128,13 +143,19 @@ impl ConnPool {
         Ok(sender)
     }
 
-    /// Idle connections held now (for the status page and tests).
+    /// Idle connections held now, over all threads (for the status page
+    /// and tests).
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.idle
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// Drops every idle connection (the backend went down or left the set).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for list in &self.idle {
+            list.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
     }
 }

@@ -187,7 +187,7 @@ pub fn main_with(
     server::main_with(
         "balancer",
         BalancerConfig::from_env(env),
-        |c| (c.listen, c.worker_threads),
+        |c| (c.listen, server::Threads::PerCore(c.worker_threads)),
         |listener, config| run(listener, config, shutdown),
     )
 }
