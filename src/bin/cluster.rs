@@ -11,6 +11,11 @@ use hashgate::cluster::{self, ClusterConfig};
 use hashgate::config::Env;
 use hashgate::{healthcheck, shutdown, telemetry};
 
+// The launcher re-executes itself as the balancer child: same allocator as
+// the `balancer` binary (see there).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str =
     "usage: cluster [--instances N] [--start-port P] [--no-balancer] | cluster healthcheck";
 
