@@ -22,7 +22,10 @@
 //! over ten samples; no hash can beat that noise); an
 //! 11th backend moves about 9.2% of keys (ideal 9.1%), removing one moves its
 //! own keys plus about 0.3% of the rest, and the same set in any order gives
-//! the identical table. `cargo bench --bench ring` measures a lookup.
+//! the identical table. `cargo bench --bench ring` measures a lookup: on
+//! the 2-core benchmark machine the owner of a key costs 1.8 ns (one table
+//! read, the same for 5, 10 or 100 backends), the first available candidate
+//! 5.4-6.9 ns, failing over to the second about 32 ns.
 //!
 //! # Fallback order
 //!
