@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinSet;
 
-use super::LastCheck;
 use super::probe::probe;
+use super::{Flip, LastCheck};
 use crate::balancer::Balancer;
 use crate::shutdown::Shutdown;
 
@@ -67,8 +67,12 @@ async fn round(state: &Arc<Balancer>) {
         };
         let error = check.error.clone();
         match backend.health.record(check, cfg.rise, cfg.fall) {
-            Some(true) => tracing::info!(backend = %backend.name(), "backend up"),
-            Some(false) => {
+            Some(Flip::Up) => tracing::info!(backend = %backend.name(), "backend up"),
+            Some(Flip::NotReady) => {
+                backend.pool.clear();
+                tracing::info!(backend = %backend.name(), reason = error.as_deref().unwrap_or(""), "backend not ready yet");
+            }
+            Some(Flip::Down) => {
                 backend.pool.clear();
                 tracing::warn!(backend = %backend.name(), reason = error.as_deref().unwrap_or(""), "backend down");
             }

@@ -70,6 +70,17 @@ impl Machine {
     }
 }
 
+/// A change of verdict, as [`HealthCell::record`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flip {
+    Up,
+    Down,
+    /// The very first check of a new backend failed: it was presumed up
+    /// until then, but was never seen healthy (an instance still starting).
+    /// Worth a line, not a warning.
+    NotReady,
+}
+
 /// What the status page shows about the last check.
 #[derive(Debug, Clone, Default)]
 pub struct LastCheck {
@@ -106,13 +117,18 @@ impl HealthCell {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Records an active check; returns the new state when it flipped.
-    pub fn record(&self, check: LastCheck, rise: u32, fall: u32) -> Option<bool> {
+    /// Records an active check; returns the change when the verdict flipped.
+    pub fn record(&self, check: LastCheck, rise: u32, fall: u32) -> Option<Flip> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let first = guard.0.fresh;
         let flipped = guard.0.observe(check.error.is_none(), rise, fall);
         guard.1 = check;
         self.up.store(guard.0.is_up(), Ordering::Relaxed);
-        flipped
+        flipped.map(|up| match (up, first) {
+            (true, _) => Flip::Up,
+            (false, true) => Flip::NotReady,
+            (false, false) => Flip::Down,
+        })
     }
 
     /// Records a passive failure; returns true when the backend was up.
@@ -179,7 +195,25 @@ mod tests {
             error: None,
         };
         assert_eq!(cell.record(ok.clone(), 2, 2), None);
-        assert_eq!(cell.record(ok, 2, 2), Some(true));
+        assert_eq!(cell.record(ok, 2, 2), Some(Flip::Up));
         assert!(cell.is_up());
+    }
+
+    #[test]
+    fn a_new_backend_failing_its_first_check_is_not_ready_not_down() {
+        let failed = LastCheck {
+            at: Some(SystemTime::now()),
+            latency: None,
+            error: Some("answered 503".into()),
+        };
+        let ok = LastCheck {
+            error: None,
+            ..failed.clone()
+        };
+        let cell = HealthCell::new();
+        assert_eq!(cell.record(failed.clone(), 1, 1), Some(Flip::NotReady));
+        assert!(!cell.is_up());
+        assert_eq!(cell.record(ok, 1, 1), Some(Flip::Up));
+        assert_eq!(cell.record(failed, 1, 1), Some(Flip::Down));
     }
 }
