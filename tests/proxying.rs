@@ -406,3 +406,83 @@ fn a_bad_config_value_names_the_variable_and_stops_start_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HEALTH_INTERVAL_SECS"), "{err}");
 }
+
+/// The in-process balancer of the other tests runs on the test's runtime;
+/// the binary hands connections to per-core worker threads instead (see
+/// `src/workers.rs`). This runs the binary with two workers and checks that
+/// stickiness, keep-alive, HTTP/2 and WebSocket tunnels behave the same
+/// there, with connections spread over both workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_with_two_worker_threads_proxies_like_the_library() {
+    let backends = backends(3).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_balancer"))
+        .env_clear()
+        .env("BALANCER_HOST", "127.0.0.1")
+        .env("BALANCER_PORT", port.to_string())
+        .env("BACKEND_HOSTS", hosts(&backends))
+        .env("HEALTH_INTERVAL_SECS", "1")
+        .env("WORKER_THREADS", "2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start balancer");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("3 healthy backends", Duration::from_secs(20), || async {
+        let r = get(addr, "/health").await.ok()?;
+        (r.json()["healthy_backends"] == 3).then_some(())
+    })
+    .await;
+
+    // Stickiness over 40 client addresses, each asked twice on fresh
+    // connections (which the accept loop deals to alternating workers).
+    let first = placement(addr, 40).await;
+    let again = placement(addr, 40).await;
+    assert_eq!(first, again, "every client keeps its backend");
+    let used: std::collections::HashSet<_> = first.values().collect();
+    assert_eq!(used.len(), 3, "spread over all backends: {used:?}");
+
+    // Keep-alive: many requests on one connection, one backend.
+    let ip = client_ip(7);
+    let mut c = Client::connect_from(ip, addr).await.unwrap();
+    for _ in 0..20 {
+        let r = c.get("/whoami").await.expect("keep-alive request");
+        assert_eq!(r.backend(), Some(first[&ip].as_str()));
+    }
+
+    // HTTP/2 prior knowledge.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{addr}/h2"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+
+    // A WebSocket tunnel on the client's own backend.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind((ip, 0).into()).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("websocket handshake");
+    assert_eq!(resp.headers()["x-backend"], first[&ip].as_str());
+    ws.send("ping".into()).await.unwrap();
+    let echo = ws.next().await.unwrap().unwrap();
+    assert_eq!(echo.to_text().unwrap(), format!("{}:ping", first[&ip]));
+    ws.close(None).await.unwrap();
+
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
