@@ -5,6 +5,10 @@
 //! graceful drain: on shutdown the listener closes at once, idle connections
 //! are closed, in-flight requests get `grace` to finish, and whatever is left
 //! after that is dropped with one log line.
+//!
+//! Where the connections run: on the per-core workers when the process
+//! installed them ([`crate::workers`], the balancer binary), else on the
+//! runtime that calls [`serve`] (the API instances, tests).
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -135,6 +135,8 @@ impl ConnPool {
             .await
             .map_err(|e| ConnectError::Handshake(self.addr, e))?;
         let addr = self.addr;
+        // Driven on the calling thread's runtime: the worker whose idle
+        // list this connection will go back to.
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(backend = %addr, error = %e, "upstream connection ended with an error");
