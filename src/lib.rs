@@ -22,6 +22,7 @@
 //! - [`backend`]: a backend's identity, health cell, counters and pool.
 //! - [`discovery`]: where backends come from (static list, DNS, port range).
 //! - [`health`]: rise/fall state machine, HTTP probe, checking loop.
+//! - [`pages`]: what the `/lb` and `/status.html` pages share (number formats).
 //! - [`healthcheck`]: the blocking `<binary> healthcheck` probe for containers.
 //! - [`upstream`]: pooled keep-alive connections to one backend.
 //! - [`proxy`]: the request path: pick, forward, fail over, map errors.
@@ -45,6 +46,7 @@ pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod healthcheck;
+pub mod pages;
 pub mod proxy;
 pub mod ring;
 pub mod server;

@@ -194,31 +194,10 @@ where
         }
     };
     let (addr, threads) = listen(&config);
-    let cores = || std::thread::available_parallelism().map_or(1, usize::from);
-    let mut _workers = None;
-    let rt = match threads {
-        Threads::Shared(n) => {
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if n > 0 {
-                rt.worker_threads(n);
-            }
-            rt.enable_all().build()
-        }
-        Threads::PerCore(n) => {
-            let n = if n == 0 { cores() } else { n };
-            match workers::Workers::install(n, name) {
-                Ok(running) => {
-                    _workers = Some(running);
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                }
-                Err(e) => Err(e),
-            }
-        }
-    };
-    let rt = match rt {
-        Ok(rt) => rt,
+    // `_workers` keeps the worker threads running until this returns (the
+    // drain has finished by then).
+    let (_workers, rt) = match start_runtime(name, threads) {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("{name}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
@@ -240,6 +219,30 @@ where
             }
         }
     })
+}
+
+/// The main runtime `threads` asks for, and the per-core workers behind it
+/// when it asks for them.
+fn start_runtime(
+    name: &str,
+    threads: Threads,
+) -> std::io::Result<(Option<workers::Running>, tokio::runtime::Runtime)> {
+    match threads {
+        Threads::Shared(n) => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                rt.worker_threads(n);
+            }
+            Ok((None, rt.enable_all().build()?))
+        }
+        Threads::PerCore(n) => {
+            let running = workers::Workers::install(n, name)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok((Some(running), rt))
+        }
+    }
 }
 
 /// A future that never resolves: a `shutdown` for callers with no other plan.

@@ -77,11 +77,14 @@ impl Drop for Running {
 }
 
 impl Workers {
-    /// Starts `n` worker threads (named `{name}-worker-{i}`) and installs
-    /// them for this process. Fails when they were already installed or a
-    /// runtime cannot be built.
+    /// Starts `n` worker threads (0 = one per core), named
+    /// `{name}-worker-{i}`, and installs them for this process. Fails when
+    /// they were already installed or a runtime cannot be built.
     pub fn install(n: usize, name: &str) -> std::io::Result<Running> {
-        let n = n.max(1);
+        let n = match n {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         let mut handles = Vec::with_capacity(n);
         let mut running = Running {
             stops: Vec::with_capacity(n),
@@ -110,15 +113,6 @@ impl Workers {
             })
             .map_err(|_| std::io::Error::other("connection workers already installed"))?;
         Ok(running)
-    }
-
-    /// Number of worker threads.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
     }
 
     /// Runs `task` on the next worker, round-robin. A socket moved in must

@@ -27,7 +27,7 @@ async fn mariadb() -> Option<MariaDb> {
 
 /// Ten real processes started together on an empty database all come up.
 async fn ten_processes_at_once(env: Vec<(String, String)>, dir: &TempDir) {
-    let ports = api::free_ports(10);
+    let ports = support::free_ports(10);
     let procs: Vec<ApiProcess> = ports
         .iter()
         .enumerate()
@@ -194,7 +194,7 @@ async fn the_password_never_appears_in_logs_errors_or_pages() {
         mariadb::USER,
         db.port
     );
-    let port = api::free_ports(1)[0];
+    let port = support::free_ports(1)[0];
     let p = ApiProcess::spawn(port, &api::mysql_env(&url), dir.0.join("api.log"));
     let body = support::wait_for("a 503 from /health", Duration::from_secs(20), || async {
         match api::call(p.addr, "GET", "/health", None).await {
@@ -246,7 +246,7 @@ async fn the_password_never_appears_in_logs_errors_or_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_subcommand_follows_health() {
     let dir = TempDir::new("probe");
-    let port = api::free_ports(1)[0];
+    let port = support::free_ports(1)[0];
     let probe = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_api"))
             .arg("healthcheck")

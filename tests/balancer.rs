@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -292,10 +293,7 @@ async fn a_refused_post_is_retried_elsewhere_with_its_body() {
     // A backend that is listed but not running: the first candidate of some
     // clients refuses the connection, before any byte of the request left.
     let live = backends(2).await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut cfg = config(&live);
     cfg[0].1 = format!("{},{dead}", hosts(&live));
     // Long interval: the refusal must be handled on the request path.

@@ -338,18 +338,9 @@ fn sigterm_lets_a_slow_request_finish_and_exits_zero() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let backend =
         rt.block_on(async { TestBackend::start("slow", "127.0.0.1:0".parse().unwrap()).await });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_balancer"))
-        .env_clear()
-        .env("BALANCER_HOST", "127.0.0.1")
-        .env("BALANCER_PORT", port.to_string())
-        .env("BACKEND_HOSTS", backend.addr.to_string())
+    let port = free_port();
+    let mut child = balancer_binary(port, &backend.addr.to_string())
         .env("SHUTDOWN_GRACE_SECS", "10")
-        .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start balancer");
@@ -409,25 +400,16 @@ fn a_bad_config_value_names_the_variable_and_stops_start_up() {
 
 /// The in-process balancer of the other tests runs on the test's runtime;
 /// the binary hands connections to per-core worker threads instead (see
-/// `src/workers.rs`). This runs the binary with two workers and checks that
-/// stickiness, keep-alive, HTTP/2 and WebSocket tunnels behave the same
-/// there, with connections spread over both workers.
+/// `src/workers.rs`). This runs the binary with two workers, which the
+/// accept loop deals connections to in turn, and checks that stickiness,
+/// keep-alive, HTTP/2 and WebSocket tunnels behave the same there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_with_two_worker_threads_proxies_like_the_library() {
     let backends = backends(3).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_balancer"))
-        .env_clear()
-        .env("BALANCER_HOST", "127.0.0.1")
-        .env("BALANCER_PORT", port.to_string())
-        .env("BACKEND_HOSTS", hosts(&backends))
+    let port = free_port();
+    let mut child = tokio::process::Command::from(balancer_binary(port, &hosts(&backends)))
         .env("HEALTH_INTERVAL_SECS", "1")
         .env("WORKER_THREADS", "2")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

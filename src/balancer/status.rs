@@ -10,6 +10,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::Balancer;
+use crate::pages;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::json_response;
 
@@ -229,7 +230,7 @@ struct LbPage<'a> {
 impl Status {
     /// `2 h 13 min`.
     pub fn uptime_text(&self) -> String {
-        human_secs(self.uptime_secs)
+        pages::human_secs(self.uptime_secs)
     }
 
     /// The headline colour: `ok` when every backend is up, `bad` when none
@@ -245,7 +246,7 @@ impl Status {
     /// `refreshed 12 s ago`, or `not yet`.
     pub fn discovery_refresh_text(&self) -> String {
         match self.discovery.last_refresh_ago_secs {
-            Some(s) => format!("refreshed {} ago", human_secs(s)),
+            Some(s) => format!("refreshed {} ago", pages::human_secs(s)),
             None => "not refreshed yet".to_owned(),
         }
     }
@@ -270,43 +271,8 @@ impl BackendStatus {
     /// `3 s ago`, or `never` before the first check.
     pub fn last_check_text(&self) -> String {
         match self.last_check_ago_secs {
-            Some(s) => format!("{} ago", human_secs(s)),
+            Some(s) => format!("{} ago", pages::human_secs(s)),
             None => "never".to_owned(),
         }
-    }
-}
-
-/// `45 s`, `2 min 5 s`, `2 h 13 min`, `3 d 4 h`: two units at most, which is
-/// all a glance at a status page needs.
-pub fn human_secs(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let pair = |big: u64, bu: &str, small: u64, su: &str| {
-        if small == 0 {
-            format!("{big} {bu}")
-        } else {
-            format!("{big} {bu} {small} {su}")
-        }
-    };
-    match secs {
-        0..60 => format!("{s} s"),
-        60..3600 => pair(m, "min", s, "s"),
-        3600..86_400 => pair(h, "h", m, "min"),
-        _ => pair(d, "d", h, "h"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_secs;
-
-    #[test]
-    fn durations_read_as_two_units_at_most() {
-        assert_eq!(human_secs(0), "0 s");
-        assert_eq!(human_secs(59), "59 s");
-        assert_eq!(human_secs(60), "1 min");
-        assert_eq!(human_secs(125), "2 min 5 s");
-        assert_eq!(human_secs(7980), "2 h 13 min");
-        assert_eq!(human_secs(7200), "2 h");
-        assert_eq!(human_secs(3 * 86_400 + 4 * 3600 + 59), "3 d 4 h");
     }
 }

@@ -68,13 +68,14 @@ async fn round(state: &Arc<Balancer>) {
         let error = check.error.clone();
         match backend.health.record(check, cfg.rise, cfg.fall) {
             Some(Flip::Up) => tracing::info!(backend = %backend.name(), "backend up"),
-            Some(Flip::NotReady) => {
+            Some(flip) => {
                 backend.pool.clear();
-                tracing::info!(backend = %backend.name(), reason = error.as_deref().unwrap_or(""), "backend not ready yet");
-            }
-            Some(Flip::Down) => {
-                backend.pool.clear();
-                tracing::warn!(backend = %backend.name(), reason = error.as_deref().unwrap_or(""), "backend down");
+                let reason = error.as_deref().unwrap_or("");
+                if flip == Flip::NotReady {
+                    tracing::info!(backend = %backend.name(), reason, "backend not ready yet");
+                } else {
+                    tracing::warn!(backend = %backend.name(), reason, "backend down");
+                }
             }
             None => tracing::debug!(backend = %backend.name(), error = ?error, "health check"),
         }

@@ -3,7 +3,7 @@
 //! a small JSON client.
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -153,17 +153,6 @@ pub async fn json(
     call(addr, method, path, body)
         .await
         .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
-}
-
-/// `n` free TCP ports on 127.0.0.1 (released before returning; good enough
-/// on a test machine).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
 }
 
 /// A real `api` process; killed on drop.

@@ -12,7 +12,7 @@
 //! the `mariadb-server` package (which brings `mariadb-client`).
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,13 +49,6 @@ fn running_as_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl MariaDb {
@@ -103,7 +96,7 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut db = MariaDb {
-            port: free_port(),
+            port: crate::support::free_port(),
             dir,
             server,
             child: None,

@@ -24,6 +24,35 @@ use tokio::task::JoinSet;
 
 use hashgate::config::{BalancerConfig, Env};
 
+/// `n` free TCP ports on 127.0.0.1 (released before returning; good enough
+/// on a test machine).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// One free TCP port on 127.0.0.1 (see [`free_ports`]).
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// The real `balancer` binary, to listen on 127.0.0.1:`port` in front of
+/// `backends` (`BACKEND_HOSTS`), with an otherwise empty environment and no
+/// stdin. Callers add variables and decide where its output goes.
+pub fn balancer_binary(port: u16, backends: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_balancer"));
+    cmd.env_clear()
+        .env("BALANCER_HOST", "127.0.0.1")
+        .env("BALANCER_PORT", port.to_string())
+        .env("BACKEND_HOSTS", backends)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
