@@ -13,7 +13,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +25,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::shutdown::Shutdown;
 use crate::workers;
@@ -60,6 +63,86 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with(listener, opts, move |peer| HyperOnly(make(peer)), shutdown).await;
+}
+
+/// What serves one accepted connection: made by the accept loop, run on the
+/// thread the connection is handed to.
+pub trait Handler: Send + 'static {
+    fn run(self, conn: Accepted) -> impl Future<Output = ()> + Send;
+}
+
+/// Serves every connection with hyper and one service.
+struct HyperOnly<S>(S);
+
+impl<S, B> Handler for HyperOnly<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn run(self, conn: Accepted) -> impl Future<Output = ()> + Send {
+        conn.serve_http(Vec::new(), self.0)
+    }
+}
+
+/// One accepted client connection, registered with the runtime that will
+/// serve it. A handler may read from `stream` itself and hand the connection
+/// to hyper at any point ([`Accepted::serve_http`]), passing on what it read.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    /// Keeps the drain waiting for this connection while it lives.
+    watcher: Watcher,
+}
+
+impl Accepted {
+    /// Serves the rest of the connection with hyper (HTTP/1.1 keep-alive,
+    /// h2c, upgrades, the limits and drain of [`ServeOptions`]). `read`: bytes
+    /// already read from the stream, which hyper sees first.
+    pub async fn serve_http<S, B>(self, read: Vec<u8>, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Accepted {
+            stream,
+            peer,
+            http,
+            watcher,
+        } = self;
+        let result = if read.is_empty() {
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            watcher.watch(conn.into_owned()).await
+        } else {
+            let io = TokioIo::new(Prefixed::new(read, stream));
+            let conn = http.serve_connection_with_upgrades(io, service);
+            watcher.watch(conn.into_owned()).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, handing each to the
+/// handler `make(peer)` returns, on the thread that will serve it, then
+/// drains. Returns when
+/// every connection has finished (dropped its [`Accepted`]) or the grace
+/// period has run out.
+pub async fn serve_with<M, H>(
+    listener: TcpListener,
+    opts: ServeOptions,
+    make: M,
+    shutdown: Shutdown,
+) where
+    M: Fn(SocketAddr) -> H,
+    H: Handler,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -94,25 +177,23 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = make(peer);
+        let http = Arc::clone(&builder);
         let watcher = graceful.watcher();
-        let builder = Arc::clone(&builder);
+        let handler = make(peer);
+        let accepted = move |stream| Accepted {
+            stream,
+            peer,
+            http,
+            watcher,
+        };
         match workers {
-            // Hand the socket to a worker thread, which registers it with
-            // its own reactor and serves it there (see `workers`).
-            Some(workers) => match stream.into_std() {
-                Ok(stream) => workers.spawn_conn(async move {
-                    match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => serve_conn(&builder, stream, service, watcher, peer).await,
-                        Err(e) => tracing::warn!(%peer, error = %e, "cannot register a connection"),
-                    }
-                }),
-                Err(e) => tracing::warn!(%peer, error = %e, "cannot hand a connection over"),
-            },
+            // Hand the socket to a worker thread: registered with that
+            // worker's reactor and served there (see `workers`).
+            Some(workers) => {
+                workers.spawn_conn(stream, move |stream| handler.run(accepted(stream)))
+            }
             None => {
-                tokio::spawn(async move {
-                    serve_conn(&builder, stream, service, watcher, peer).await;
-                });
+                tokio::spawn(handler.run(accepted(stream)));
             }
         }
     }
@@ -126,22 +207,72 @@ where
     }
 }
 
-/// Serves one client connection to its end (or to the drain's end).
-async fn serve_conn<S, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    stream: tokio::net::TcpStream,
-    service: S,
-    watcher: Watcher,
-    peer: SocketAddr,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+/// A stream that yields `prefix` before its own bytes: a connection whose
+/// first bytes were already read by someone else, handed on.
+struct Prefixed<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -18,6 +18,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,15 +37,79 @@ pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 /// A connection's request handle.
 pub type Sender = http1::SendRequest<UpstreamBody>;
 
-/// One thread's idle connections, newest last, with the time each was put back.
-type IdleList = Mutex<Vec<(Sender, Instant)>>;
+/// Per-thread idle lists of one kind of connection, newest last, each
+/// with the time it was put back.
+#[derive(Debug)]
+struct Idle<T>(Box<[IdleList<T>]>);
 
-/// Idle keep-alive connections to one backend.
+/// One thread's list.
+type IdleList<T> = Mutex<Vec<(T, Instant)>>;
+
+impl<T> Idle<T> {
+    fn new() -> Self {
+        Idle((0..workers::slots()).map(|_| Mutex::default()).collect())
+    }
+
+    /// The calling thread's list.
+    fn own(&self) -> std::sync::MutexGuard<'_, Vec<(T, Instant)>> {
+        self.0[workers::slot() % self.0.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest connection put back within `idle_timeout`, if any.
+    fn pop(&self, idle_timeout: Duration) -> Option<T> {
+        let mut idle = self.own();
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() <= idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn push(&self, conn: T, max_idle: usize, idle_timeout: Duration) {
+        if max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.own();
+        // Checkout takes the newest (LIFO keeps few connections warm), so
+        // the oldest sit at the front: drop one that outlived the idle
+        // timeout on each check-in, so a burst's surplus drains away.
+        if idle
+            .first()
+            .is_some_and(|(_, since)| now.duration_since(*since) > idle_timeout)
+        {
+            idle.remove(0);
+        }
+        if idle.len() < max_idle {
+            idle.push((conn, now));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    fn clear(&self) {
+        for list in &self.0 {
+            list.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+/// Idle keep-alive connections to one backend: hyper connections for the
+/// requests hyper serves, plain sockets for the HTTP/1.1 fast path
+/// ([`crate::proxy::h1`]), which speaks to the backend itself.
 #[derive(Debug)]
 pub struct ConnPool {
     addr: SocketAddr,
-    /// One idle list per worker slot ([`crate::workers::slot`]).
-    idle: Box<[IdleList]>,
+    idle: Idle<Sender>,
+    raw: Idle<TcpStream>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -70,27 +135,20 @@ impl ConnPool {
     ) -> Self {
         ConnPool {
             addr,
-            idle: (0..workers::slots()).map(|_| Mutex::default()).collect(),
+            idle: Idle::new(),
+            raw: Idle::new(),
             max_idle,
             idle_timeout,
             connect_timeout,
         }
     }
 
-    /// The calling thread's idle list.
-    fn own(&self) -> &IdleList {
-        &self.idle[workers::slot() % self.idle.len()]
-    }
-
     /// An idle connection ready for a request, if the pool holds one.
     /// Connections the backend closed, or idle too long, are dropped on the way.
     pub async fn checkout(&self) -> Option<Sender> {
         loop {
-            let (mut sender, since) = {
-                let mut idle = self.own().lock().unwrap_or_else(|p| p.into_inner());
-                idle.pop()?
-            };
-            if sender.is_closed() || since.elapsed() > self.idle_timeout {
+            let mut sender = self.idle.pop(self.idle_timeout)?;
+            if sender.is_closed() {
                 continue;
             }
             // A connection put back as its response ended may still be
@@ -103,33 +161,51 @@ impl ConnPool {
 
     /// Puts a connection back for reuse, unless the pool is full or it closed.
     pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.own().lock().unwrap_or_else(|p| p.into_inner());
-        // Checkout takes the newest (LIFO keeps few connections warm), so
-        // the oldest sit at the front: drop one that outlived the idle
-        // timeout on each check-in, so a burst's surplus drains away.
-        if idle
-            .first()
-            .is_some_and(|(_, since)| now.duration_since(*since) > self.idle_timeout)
-        {
-            idle.remove(0);
-        }
-        if idle.len() < self.max_idle {
-            idle.push((sender, now));
+        if !sender.is_closed() {
+            self.idle.push(sender, self.max_idle, self.idle_timeout);
         }
     }
 
-    /// Opens a new connection. `upgrades` keeps the socket usable after a
-    /// `101 Switching Protocols` (such a connection is never pooled).
-    pub async fn connect(&self) -> Result<Sender, ConnectError> {
+    /// An idle socket for the fast path, if the pool holds one that still
+    /// looks open: an idle socket that turned readable was closed by the
+    /// backend (or holds bytes nobody asked for) and is dropped. Costs no
+    /// system call unless the reactor saw the socket become readable.
+    pub fn checkout_raw(&self) -> Option<TcpStream> {
+        while let Some(stream) = self.raw.pop(self.idle_timeout) {
+            let mut cx = Context::from_waker(Waker::noop());
+            if stream.poll_read_ready(&mut cx).is_pending() {
+                return Some(stream);
+            }
+            // Readiness may be left over from the last response: look.
+            let mut probe = [0u8; 1];
+            if let Err(e) = stream.try_read(&mut probe) {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Some(stream);
+                }
+            }
+        }
+        None
+    }
+
+    /// Puts a fast-path socket back after a complete exchange.
+    pub fn checkin_raw(&self, stream: TcpStream) {
+        self.raw.push(stream, self.max_idle, self.idle_timeout);
+    }
+
+    /// Opens a plain socket to the backend (no delay, connect timeout).
+    pub async fn connect_raw(&self) -> Result<TcpStream, ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| ConnectError::Timeout(self.addr))?
             .map_err(|e| ConnectError::Io(self.addr, e))?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Opens a new hyper connection (kept usable after a `101 Switching
+    /// Protocols`; such a connection is never pooled).
+    pub async fn connect(&self) -> Result<Sender, ConnectError> {
+        let stream = self.connect_raw().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -145,19 +221,15 @@ impl ConnPool {
         Ok(sender)
     }
 
-    /// Idle connections held now, over all threads (for the status page
-    /// and tests).
+    /// Idle connections held now, over all threads and both kinds (for the
+    /// status page and tests).
     pub fn idle_count(&self) -> usize {
-        self.idle
-            .iter()
-            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.idle.len() + self.raw.len()
     }
 
     /// Drops every idle connection (the backend went down or left the set).
     pub fn clear(&self) {
-        for list in &self.idle {
-            list.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
+        self.idle.clear();
+        self.raw.clear();
     }
 }

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -115,14 +116,24 @@ impl Workers {
         Ok(running)
     }
 
-    /// Runs `task` on the next worker, round-robin. A socket moved in must
-    /// travel as a `std` socket and be registered inside `task`, with the
-    /// worker's own reactor (`tokio::net::TcpStream::from_std`).
-    pub fn spawn_conn<F>(&self, task: F)
+    /// Serves `stream` on the next worker, round-robin: the socket is
+    /// registered with that worker's reactor and `serve(stream)` runs there
+    /// as a task of its own (no wrapper around it: its size is what every
+    /// connection costs).
+    pub fn spawn_conn<F>(&self, stream: TcpStream, serve: impl FnOnce(TcpStream) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let i = self.next.fetch_add(1, Relaxed) % self.handles.len();
-        self.handles[i].spawn(task);
+        let handle = &self.handles[i];
+        let _worker = handle.enter();
+        // Moving a socket between reactors: deregister here, register there.
+        let moved = stream.into_std().and_then(TcpStream::from_std);
+        match moved {
+            Ok(stream) => {
+                handle.spawn(serve(stream));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+        }
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::backend::{Backend, Endpoint};
 use crate::config::BalancerConfig;
 use crate::discovery::Discovery;
-use crate::proxy::{Proxy, client_ip::TrustedProxies};
+use crate::proxy::{client_ip::TrustedProxies, h1};
 use crate::ring::{MAX_BACKENDS, Ring};
 use crate::server::{self, ServeOptions};
 use crate::shutdown::Shutdown;
@@ -78,6 +78,8 @@ pub struct Balancer {
     discovery: Mutex<DiscoveryState>,
     /// Wakes the health loop for an immediate check (passive failure, new backend).
     pub health_wake: Notify,
+    /// Idle timeout and drain for the fast path's keep-alive connections.
+    pub idle: h1::IdleClock,
 }
 
 impl Balancer {
@@ -92,6 +94,7 @@ impl Balancer {
             started_at: SystemTime::now(),
             discovery: Mutex::new(DiscoveryState::default()),
             health_wake: Notify::new(),
+            idle: h1::IdleClock::default(),
         }
     }
 
@@ -222,13 +225,20 @@ pub async fn run(
             shutdown.clone(),
         )),
         tokio::spawn(crate::health::run(Arc::clone(&state), shutdown.clone())),
+        tokio::spawn({
+            let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+            async move {
+                let timeout = state.config.limits.idle_timeout;
+                state.idle.run(timeout, shutdown).await;
+            }
+        }),
     ];
 
     let proxy_state = Arc::clone(&state);
-    server::serve(
+    server::serve_with(
         listener,
         opts,
-        move |peer: SocketAddr| Proxy::new(Arc::clone(&proxy_state), peer),
+        move |_peer: SocketAddr| h1::Connection(Arc::clone(&proxy_state)),
         shutdown,
     )
     .await;

@@ -14,6 +14,11 @@ pub enum ProxyError {
     Connect(#[from] ConnectError),
     #[error("backend failed: {0}")]
     Upstream(hyper::Error),
+    /// The fast path's own exchange with the backend failed.
+    #[error("backend failed: {0}")]
+    UpstreamIo(std::io::Error),
+    #[error("backend sent a bad response: {0}")]
+    BadResponse(&'static str),
     #[error("backend did not answer in time")]
     Timeout,
     #[error("bad request: {0}")]
@@ -34,7 +39,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UpstreamIo(_)
+            | ProxyError::BadResponse(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
@@ -45,7 +53,11 @@ impl ProxyError {
     pub fn blames_backend(&self) -> bool {
         matches!(
             self,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout
+            ProxyError::Connect(_)
+                | ProxyError::Upstream(_)
+                | ProxyError::UpstreamIo(_)
+                | ProxyError::BadResponse(_)
+                | ProxyError::Timeout
         )
     }
 
@@ -53,26 +65,30 @@ impl ProxyError {
     /// backend sat on the request: another try doubles the wait and maybe
     /// the effect) nor after a broken client body.
     pub fn may_try_next(&self) -> bool {
-        matches!(self, ProxyError::Connect(_) | ProxyError::Upstream(_))
+        self.blames_backend() && !matches!(self, ProxyError::Timeout)
     }
 
     /// A short JSON answer. Backend addresses and error details go to the
     /// log (debug), not to the client.
     pub fn into_response(self) -> Response<ProxyBody> {
+        json_response(self.status(), &self.body())
+    }
+
+    /// The JSON body of the error's response (logs the error at debug).
+    pub fn body(&self) -> serde_json::Value {
         let status = self.status();
         tracing::debug!(status = status.as_u16(), error = %self, "request failed");
-        let reason = match &self {
+        let reason = match self {
             ProxyError::NoBackend => "no healthy backend",
             ProxyError::Connect(_) => "no backend could be reached",
-            ProxyError::Upstream(_) => "the backend failed to answer",
+            ProxyError::Upstream(_) | ProxyError::UpstreamIo(_) | ProxyError::BadResponse(_) => {
+                "the backend failed to answer"
+            }
             ProxyError::Timeout => "the backend did not answer in time",
             ProxyError::BadRequest(why) => why,
             ProxyError::ClientBody(_) => "the request body could not be read",
         };
-        json_response(
-            status,
-            &serde_json::json!({ "error": reason, "status": status.as_u16() }),
-        )
+        serde_json::json!({ "error": reason, "status": status.as_u16() })
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod h1;
 pub mod headers;
 mod tunnel;
 
@@ -219,7 +220,14 @@ fn rewrite_head(
             None if parts.version == Version::HTTP_11 => {
                 return Err(ProxyError::BadRequest("missing Host header"));
             }
-            None => {}
+            // An HTTP/1.0 request may lack Host; the HTTP/1.1 request made
+            // of it may not: an empty one is what RFC 9112 §3.2 prescribes
+            // for a target without an authority.
+            None => {
+                parts
+                    .headers
+                    .insert(header::HOST, HeaderValue::from_static(""));
+            }
         }
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -230,7 +238,11 @@ fn rewrite_head(
     }
     parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    let host = parts.headers.get(header::HOST).cloned();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .filter(|h| !h.is_empty())
+        .cloned();
     headers::set_forwarding(
         &mut parts.headers,
         peer.ip(),
@@ -281,6 +293,11 @@ async fn send(
             }
             Ok(Ok(mut resp)) => {
                 let switching = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
+                // A chunked body's length is its chunking: a Content-Length
+                // beside it must go (RFC 9112 §6.3), not reach the client.
+                if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+                    resp.headers_mut().remove(header::CONTENT_LENGTH);
+                }
                 headers::strip_hop_by_hop(resp.headers_mut(), switching);
                 let keep = (!upgrade).then_some(sender);
                 return Ok(resp.map(|b| ProxyBody::upstream(b, keep, guard)));

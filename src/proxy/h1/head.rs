@@ -1,0 +1,550 @@
+//! Request and response heads on the fast path: parsed in place with
+//! httparse and rewritten by copying the lines that stay and appending the
+//! ones the balancer adds. No header map, no allocation per header.
+//!
+//! The rules are the hyper path's ([`crate::proxy::headers`]): hop-by-hop
+//! headers (the fixed list and whatever `Connection` names) go in both
+//! directions; the backend gets `X-Forwarded-For`, `X-Real-IP`,
+//! `X-Forwarded-Proto` and `X-Forwarded-Host` set by us (the fast path only
+//! serves peers that are not trusted proxies, so the client's own copies are
+//! replaced, never extended). A request this module does not handle is
+//! reported [`Request::Unusual`] and served by hyper instead.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use crate::balancer::status::is_own_endpoint;
+
+/// Most header lines one head may carry (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Most names a `Connection` header may list on the fast path.
+const MAX_NAMED: usize = 8;
+
+/// What a client's bytes hold so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The head is not complete yet.
+    Partial,
+    /// Something the fast path leaves to hyper: another protocol version,
+    /// an upgrade, `Expect`, a chunked or large body, a malformed head (hyper
+    /// answers it properly), one of the balancer's own pages.
+    Unusual,
+    Ready(RequestHead),
+}
+
+/// A complete request head, already rewritten for the backend.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the client's head (the body starts here).
+    pub head_len: usize,
+    /// `Content-Length` (0 without one).
+    pub body_len: usize,
+    /// Safe to send again after a failure (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    /// The client asked to close the connection after this exchange.
+    pub close: bool,
+}
+
+/// Parses the request head at the start of `buf` and writes the backend's
+/// version of it to `out` (cleared first). `client`: the address the
+/// forwarding headers name. Bodies over `max_body` bytes are unusual.
+pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -> Request {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut lines);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Request::Partial,
+        Err(_) => return Request::Unusual,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Request::Unusual;
+    };
+    let own_page = is_own_endpoint(path.split_once('?').map_or(path, |(p, _)| p));
+    if !path.starts_with('/') || own_page {
+        return Request::Unusual;
+    }
+
+    let mut host = None;
+    let mut body_len = None;
+    let mut close = false;
+    let mut named = Named::default();
+    for line in req.headers.iter() {
+        let name = line.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.replace(line.value).is_some() {
+                return Request::Unusual;
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match content_length(line.value) {
+                Some(n) if n <= max_body as u64 && body_len.is_none() => {
+                    body_len = Some(n as usize)
+                }
+                _ => return Request::Unusual,
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Request::Unusual;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(line.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    // The default in HTTP/1.1.
+                } else if token.eq_ignore_ascii_case(b"upgrade") || !named.add(token) {
+                    return Request::Unusual;
+                }
+            }
+        }
+    }
+    // HTTP/1.1 requires Host: hyper answers its absence with a 400.
+    let Some(host) = host else {
+        return Request::Unusual;
+    };
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for line in req.headers.iter() {
+        if request_drops(line.name) || named.contains(line.name) {
+            continue;
+        }
+        push_line(out, line.name.as_bytes(), line.value);
+    }
+    let client = client.to_canonical();
+    out.extend_from_slice(b"x-forwarded-for: ");
+    let _ = write!(out, "{client}");
+    out.extend_from_slice(b"\r\nx-real-ip: ");
+    let _ = write!(out, "{client}");
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    push_line(out, b"x-forwarded-host", host);
+    out.extend_from_slice(b"\r\n");
+
+    Request::Ready(RequestHead {
+        head_len,
+        body_len: body_len.unwrap_or(0),
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        close,
+    })
+}
+
+/// What a backend's bytes hold so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    Partial,
+    /// Not a response the balancer can pass on (the reason is logged).
+    Bad(&'static str),
+    Ready(ResponseHead),
+}
+
+/// A complete response head, already rewritten for the client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The backend keeps the connection open after this response.
+    pub reusable: bool,
+    /// The client connection must close after this response (the client
+    /// asked, or the body ends with the backend's close).
+    pub close_client: bool,
+}
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (`HEAD`, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    /// Chunked: passed through unchanged, scanned for its end.
+    Chunked,
+    /// Delimited by the backend closing the connection.
+    UntilClose,
+}
+
+impl ResponseHead {
+    /// An interim (1xx) response: pass it on, then read the final one.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+}
+
+/// Parses the response head at the start of `buf` and writes the client's
+/// version of it to `out` (cleared first). `head_request`: the request was
+/// `HEAD` (no body, whatever the headers say). `close_client`: the client
+/// connection closes after this response, so say so.
+pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Vec<u8>) -> Response {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut lines);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Response::Partial,
+        Err(_) => return Response::Bad("malformed response head"),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Response::Bad("malformed response head");
+    };
+    if status == 101 {
+        return Response::Bad("101 Switching Protocols without an upgrade request");
+    }
+
+    let mut length = None;
+    let mut chunked = None;
+    let mut conn_close = version == 0;
+    let mut named = Named::default();
+    for line in resp.headers.iter() {
+        let name = line.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            match content_length(line.value) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return Response::Bad("invalid Content-Length"),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding decides: chunked, or the body runs to close.
+            chunked = tokens(line.value)
+                .last()
+                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(line.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    conn_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    conn_close &= version != 0;
+                } else if !named.add(token) {
+                    return Response::Bad("too many names in Connection");
+                }
+            }
+        }
+    }
+    let framing = if (100..200).contains(&status) || head_request || status == 204 || status == 304
+    {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let until_close = framing == Framing::UntilClose;
+    // An HTTP/1.0 backend only keeps a connection open when it says so.
+    let reusable = !conn_close && !until_close && version == 1;
+    let close_client = close_client || until_close;
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let _ = write!(out, "{status:03}");
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for line in resp.headers.iter() {
+        let name = line.name;
+        let te = name.eq_ignore_ascii_case("transfer-encoding");
+        // Chunked passes through as it is; a body that runs to close loses
+        // its coding header like on the hyper path, and Content-Length
+        // never travels beside Transfer-Encoding (RFC 9112 §6.3).
+        let drop = if te {
+            framing != Framing::Chunked && !head_request
+        } else {
+            response_drops(name)
+                || named.contains(name)
+                || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+        };
+        if !drop {
+            push_line(out, name.as_bytes(), line.value);
+        }
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    Response::Ready(ResponseHead {
+        head_len,
+        status,
+        framing,
+        reusable,
+        close_client,
+    })
+}
+
+/// A complete response of the balancer's own (an error), ready to send.
+pub fn own_response(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status:03} {reason}\r\ncontent-type: {content_type}\r\ncache-control: no-store\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Request headers never passed on: hop-by-hop, and the forwarding headers
+/// the balancer sets itself.
+fn request_drops(name: &str) -> bool {
+    is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("proxy-authorization")
+        || name.eq_ignore_ascii_case("x-forwarded-for")
+        || name.eq_ignore_ascii_case("x-real-ip")
+        || name.eq_ignore_ascii_case("x-forwarded-proto")
+        || name.eq_ignore_ascii_case("x-forwarded-host")
+}
+
+/// Response headers never passed on (`Transfer-Encoding` is decided apart).
+fn response_drops(name: &str) -> bool {
+    is_hop_by_hop(name) || name.eq_ignore_ascii_case("proxy-authenticate")
+}
+
+/// RFC 9110 §7.6.1's list plus the legacy `Keep-Alive`/`Proxy-Connection`.
+fn is_hop_by_hop(name: &str) -> bool {
+    // Every such name is 2 to 17 bytes; most headers are filtered by length
+    // and first byte before any comparison.
+    match name.as_bytes().first().map(u8::to_ascii_lowercase) {
+        Some(b'c') => name.eq_ignore_ascii_case("connection"),
+        Some(b'k') => name.eq_ignore_ascii_case("keep-alive"),
+        Some(b'p') => {
+            name.eq_ignore_ascii_case("proxy-connection")
+                || name.eq_ignore_ascii_case("proxy-authenticate")
+        }
+        Some(b't') => {
+            name.eq_ignore_ascii_case("te")
+                || name.eq_ignore_ascii_case("trailer")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+        }
+        Some(b'u') => name.eq_ignore_ascii_case("upgrade"),
+        _ => false,
+    }
+}
+
+/// The names a `Connection` header lists (besides close/keep-alive/upgrade).
+#[derive(Default)]
+struct Named<'a> {
+    names: [&'a [u8]; MAX_NAMED],
+    len: usize,
+}
+
+impl<'a> Named<'a> {
+    /// Records `name`; false when the list is full.
+    fn add(&mut self, name: &'a [u8]) -> bool {
+        if self.len == MAX_NAMED {
+            return false;
+        }
+        self.names[self.len] = name;
+        self.len += 1;
+        true
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        let name = name.as_bytes();
+        self.names[..self.len]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// A `Content-Length` value: digits only, at most 18 of them.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(req: &[u8]) -> (Request, String) {
+        let mut out = Vec::new();
+        let parsed = request(req, "192.0.2.7".parse().unwrap(), 1024, &mut out);
+        (parsed, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_request_keeps_its_lines_loses_hop_by_hop_and_gains_forwarding() {
+        let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: api.example\r\nConnection: keep-alive, X-Hop\r\n\
+            X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: secret\r\n\
+            X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nAccept: */*\r\n\r\nGET /next";
+        let (parsed, out) = rewrite(raw);
+        let head_len = raw.len() - b"GET /next".len();
+        assert_eq!(
+            parsed,
+            Request::Ready(RequestHead {
+                head_len,
+                body_len: 0,
+                idempotent: true,
+                close: false
+            })
+        );
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: api.example\r\nAccept: */*\r\n\
+             x-forwarded-for: 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: api.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn body_length_close_and_idempotency_are_read() {
+        let (parsed, out) = rewrite(
+            b"POST /p HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+        );
+        let Request::Ready(head) = parsed else {
+            panic!("not ready: {parsed:?}")
+        };
+        assert_eq!(
+            (head.body_len, head.idempotent, head.close),
+            (5, false, true)
+        );
+        assert!(out.contains("content-length: 5\r\n"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("connection:"), "{out}");
+    }
+
+    #[test]
+    fn what_the_fast_path_leaves_to_hyper() {
+        let unusual: [&[u8]; 11] = [
+            b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /lb HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /health?x HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1025\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+        ];
+        for raw in unusual {
+            let (parsed, _) = rewrite(raw);
+            assert_eq!(parsed, Request::Unusual, "{}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(
+            rewrite(b"GET / HTTP/1.1\r\nHost: h\r\n").0,
+            Request::Partial
+        );
+        assert_eq!(rewrite(b"GE").0, Request::Partial);
+    }
+
+    fn answer(resp: &[u8], head_request: bool, close: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        match response(resp, head_request, close, &mut out) {
+            Response::Ready(head) => (head, String::from_utf8(out).unwrap()),
+            other => panic!("{other:?} for {}", String::from_utf8_lossy(resp)),
+        }
+    }
+
+    #[test]
+    fn response_framing_and_reuse() {
+        let (h, out) = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Id: 7\r\n\r\nabc",
+            false,
+            false,
+        );
+        assert_eq!(
+            (h.framing, h.reusable, h.close_client, h.status),
+            (Framing::Length(3), true, false, 200)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Id: 7\r\n\r\n"
+        );
+
+        let (h, out) = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+
+        let (h, out) = answer(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n", false, false);
+        assert_eq!(
+            (h.framing, h.reusable, h.close_client),
+            (Framing::UntilClose, false, true)
+        );
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+
+        let (h, _) = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+            true,
+            false,
+        );
+        assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
+        for status in ["204 No Content", "304 Not Modified", "103 Early Hints"] {
+            let raw = format!("HTTP/1.1 {status}\r\n\r\n");
+            assert_eq!(
+                answer(raw.as_bytes(), false, false).0.framing,
+                Framing::Empty
+            );
+        }
+        let (h, _) = answer(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!((h.reusable, h.close_client), (false, false));
+        let (h, _) = answer(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert!(!h.reusable);
+        let (h, out) = answer(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            false,
+            true,
+        );
+        assert!(h.close_client && out.contains("connection: close"), "{out}");
+    }
+
+    #[test]
+    fn bad_responses_are_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            let mut out = Vec::new();
+            assert!(
+                matches!(response(raw, false, false, &mut out), Response::Bad(_)),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}
