@@ -1,7 +1,9 @@
-//! The balancer's per-request work outside the sockets: client key
-//! (`TrustedProxies::client_ip`), `key_hash`, the ring's first candidate, and
-//! the header rewrite (`strip_hop_by_hop`, `set_forwarding`), the way
-//! `proxy::forward` strings them together, on a browser-like header map.
+//! The balancer's per-request work outside the sockets, on a browser-like
+//! request: for a direct client, the HTTP/1.1 fast path's head parsing and
+//! rewrite (`proxy::h1::head`) with `key_hash` and the ring's first
+//! candidate; behind a trusted proxy, hyper's path (`client_ip`, `key_hash`,
+//! ring, `strip_hop_by_hop`, `set_forwarding`) the way `proxy::forward`
+//! strings them together.
 //!
 //! `cargo bench --bench request_path` runs it under criterion. With
 //! `HASHGATE_PATH_LOOPS=N` it instead runs the path N times and exits: the
@@ -13,6 +15,7 @@ use std::net::IpAddr;
 
 use criterion::{BatchSize, Criterion};
 use hashgate::proxy::client_ip::TrustedProxies;
+use hashgate::proxy::h1::{self, head};
 use hashgate::proxy::headers::{set_forwarding, strip_hop_by_hop};
 use hashgate::ring::{Ring, key_hash};
 use hyper::HeaderMap;
@@ -48,45 +51,95 @@ fn request_headers(xff: Option<&'static str>) -> HeaderMap {
     h
 }
 
-/// One request's key, pick and rewrite, as `proxy::forward` and
-/// `rewrite_head` do it. Returns the chosen backend index.
-#[inline(never)]
-fn request_path(
-    trusted: &TrustedProxies,
-    ring: &Ring,
-    peer: IpAddr,
-    headers: &mut HeaderMap,
-) -> usize {
-    let client = trusted.client_ip(peer, headers);
-    let from_trusted = !trusted.is_empty() && trusted.contains(peer);
-    let hash = key_hash(client);
-    let chosen = ring.candidates(hash).next().unwrap_or(usize::MAX);
-    strip_hop_by_hop(headers, false);
-    let host = headers.get(HOST).cloned();
-    set_forwarding(headers, peer, client, from_trusted, host.as_ref());
-    chosen
+/// A browser-like request as it arrives on the wire (the same headers).
+fn request_bytes() -> Vec<u8> {
+    let mut raw = b"GET /api/v1/items?page=2 HTTP/1.1\r\n".to_vec();
+    for (name, value) in request_headers(None).iter() {
+        raw.extend_from_slice(name.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw
 }
 
-struct Case {
-    name: &'static str,
-    trusted: TrustedProxies,
-    peer: IpAddr,
-    headers: HeaderMap,
+/// A typical API response head.
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+    Content-Length: 17\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n\
+    Cache-Control: no-store\r\nX-Request-Id: 9b2d6a4e-5c1f-4e8a-b0d3-7f6e5d4c3b2a\r\n\r\n";
+
+/// What the balancer does for one request besides socket I/O, by path.
+enum Case {
+    /// A direct client (no trusted proxies, the default): the HTTP/1.1
+    /// fast path parses and rewrites the request head, keys and picks,
+    /// then parses and rewrites the response head.
+    Fast { peer: IpAddr, request: Vec<u8> },
+    /// Behind a CDN or ingress (a trusted proxy): hyper's path, the key
+    /// from X-Forwarded-For and the header map rewrite. hyper's own parsing
+    /// is not counted (the map is cloned outside).
+    Trusted {
+        trusted: TrustedProxies,
+        peer: IpAddr,
+        headers: HeaderMap,
+    },
+}
+
+/// One request's work. Returns the chosen backend index.
+#[inline(never)]
+fn request_path(case: &Case, ring: &Ring, headers: &mut HeaderMap, out: &mut Vec<u8>) -> usize {
+    match case {
+        Case::Fast { peer, request } => {
+            let head::Request::Ready(req) = head::request(request, *peer, h1::MAX_BODY, out) else {
+                return usize::MAX;
+            };
+            let chosen = ring
+                .candidates(key_hash(*peer))
+                .next()
+                .unwrap_or(usize::MAX);
+            match head::response(RESPONSE, false, req.close, out) {
+                head::Response::Ready(_) => chosen,
+                _ => usize::MAX,
+            }
+        }
+        Case::Trusted { trusted, peer, .. } => {
+            let peer = *peer;
+            let client = trusted.client_ip(peer, headers);
+            let hash = key_hash(client);
+            let chosen = ring.candidates(hash).next().unwrap_or(usize::MAX);
+            strip_hop_by_hop(headers, false);
+            let host = headers.get(HOST).cloned();
+            set_forwarding(headers, peer, client, true, host.as_ref());
+            chosen
+        }
+    }
+}
+
+impl Case {
+    fn name(&self) -> &'static str {
+        match self {
+            Case::Fast { .. } => "fast_path_direct_client",
+            Case::Trusted { .. } => "hyper_path_trusted_proxy",
+        }
+    }
+
+    /// The header map `request_path` rewrites (empty for the fast path).
+    fn headers(&self) -> HeaderMap {
+        match self {
+            Case::Fast { .. } => HeaderMap::new(),
+            Case::Trusted { headers, .. } => headers.clone(),
+        }
+    }
 }
 
 fn cases() -> Vec<Case> {
     let ip = |s: &str| s.parse::<IpAddr>().expect("literal");
     vec![
-        // The default deployment: clients connect directly, nothing trusted.
-        Case {
-            name: "direct_client",
-            trusted: TrustedProxies::default(),
+        Case::Fast {
             peer: ip("203.0.113.9"),
-            headers: request_headers(None),
+            request: request_bytes(),
         },
-        // Behind a CDN or ingress: the key comes from X-Forwarded-For.
-        Case {
-            name: "behind_trusted_proxy",
+        Case::Trusted {
             trusted: TrustedProxies::new(vec!["10.0.0.0/8".parse().expect("literal")]),
             peer: ip("10.0.0.2"),
             headers: request_headers(Some("198.51.100.7, 10.1.1.1")),
@@ -104,11 +157,12 @@ fn five_backends() -> Ring {
 fn bench(c: &mut Criterion) {
     let ring = five_backends();
     let mut group = c.benchmark_group("request_path");
+    let mut out = Vec::with_capacity(16 * 1024);
     for case in cases() {
-        group.bench_function(case.name, |b| {
+        group.bench_function(case.name(), |b| {
             b.iter_batched_ref(
-                || case.headers.clone(),
-                |h| request_path(&case.trusted, &ring, black_box(case.peer), h),
+                || case.headers(),
+                |h| request_path(&case, &ring, h, &mut out),
                 BatchSize::SmallInput,
             )
         });
@@ -122,17 +176,14 @@ fn bench(c: &mut Criterion) {
 fn count_mode(loops: u64) {
     let ring = five_backends();
     let cases = cases();
+    let mut out = Vec::with_capacity(16 * 1024);
     let mut sum = 0usize;
     for _ in 0..loops {
         for case in &cases {
-            let mut h = case.headers.clone();
-            sum = sum.wrapping_add(request_path(
-                &case.trusted,
-                &ring,
-                black_box(case.peer),
-                &mut h,
-            ));
+            let mut h = case.headers();
+            sum = sum.wrapping_add(request_path(case, &ring, &mut h, &mut out));
             black_box(&h);
+            black_box(&out);
         }
     }
     println!(
