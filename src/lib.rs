@@ -25,7 +25,9 @@
 //! - [`pages`]: what the `/lb` and `/status.html` pages share (number formats).
 //! - [`healthcheck`]: the blocking `<binary> healthcheck` probe for containers.
 //! - [`upstream`]: pooled keep-alive connections to one backend.
-//! - [`proxy`]: the request path: pick, forward, fail over, map errors.
+//! - [`proxy`]: the request path: pick, forward, fail over, map errors;
+//!   [`proxy::h1`] is the HTTP/1.1 fast path that serves the common request
+//!   without hyper and hands every other connection to hyper's path.
 //! - [`balancer`]: wiring, own endpoints (`/health`, `/lb`, `/lb/status`).
 //! - [`api`]: an API instance (axum router, worker registry, `/health`,
 //!   `/status.html`), served through the same accept loop.

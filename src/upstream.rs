@@ -1,19 +1,22 @@
 //! Keep-alive connections to one backend.
 //!
-//! Each backend owns a [`ConnPool`] of idle HTTP/1.1 connections. A request
-//! checks one out (or opens a new one), and the response body hands it back
-//! when the backend has sent the whole response. Owning the pool, rather than
-//! using hyper-util's generic client, is what lets the proxy tell "nothing
-//! reached the backend" (connect failed, or hyper hands the request back
-//! unsent) from "the backend failed mid-request", which decides whether a
-//! request may be retried elsewhere.
+//! Each backend owns a [`ConnPool`] of idle HTTP/1.1 connections, of two
+//! kinds: plain sockets for the fast path ([`crate::proxy::h1`], which
+//! speaks HTTP/1.1 to the backend itself) and hyper connections for the
+//! requests hyper serves (h2c clients, upgrades, streamed bodies). A request
+//! checks one out (or opens a new one) and hands it back once the backend
+//! has sent the whole response. Owning the pool, rather than using
+//! hyper-util's generic client, is what lets the proxy tell "nothing reached
+//! the backend" (connect failed, or the request came back unsent) from "the
+//! backend failed mid-request", which decides whether a request may be
+//! retried elsewhere.
 //!
-//! Each connection worker thread has its own idle list (see
-//! [`crate::workers`]): a connection is driven by a task on the thread that
-//! opened it, so handing it to a request on another thread would turn every
-//! exchange into cross-thread wake-ups. Each list sits behind a `std` mutex
-//! held only to push or pop, never across an await, and in practice only
-//! ever taken by its own thread.
+//! Each connection worker thread has its own idle lists (see
+//! [`crate::workers`]): a connection is registered with the reactor of the
+//! thread that opened it, so handing it to a request on another thread would
+//! turn every exchange into cross-thread wake-ups. Each list sits behind a
+//! `std` mutex held only to push or pop, never across an await, and in
+//! practice only ever taken by its own thread.
 
 use std::io;
 use std::net::SocketAddr;

@@ -14,7 +14,8 @@
 //!
 //! The control plane (accept loop, discovery, health checks, signals) runs
 //! on the main thread's own runtime. The accept loop hands each accepted
-//! socket to the next worker, round-robin ([`Workers::spawn_conn`]).
+//! socket to the next worker, round-robin ([`Workers::spawn_conn`]): the
+//! socket is moved to that worker's reactor and its task spawned there.
 //! [`upstream::ConnPool`](crate::upstream::ConnPool) keeps one idle list per
 //! worker ([`slot`], [`slots`]) so a request only ever checks out a
 //! connection its own thread drives.

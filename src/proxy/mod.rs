@@ -1,9 +1,10 @@
 //! The request path: key -> candidates -> forward -> fail over -> map errors.
 //!
-//! One [`Proxy`] serves one client connection. For each request it takes the
-//! current [`Pool`](crate::balancer::Pool) snapshot, hashes the client key
-//! and walks that key's candidates in ring order, skipping backends that are
-//! down or draining. A request is tried on the next candidate when nothing of
+//! The HTTP/1.1 fast path ([`h1`]) serves the common request itself; every
+//! other connection is handed to hyper, where one [`Proxy`] serves it. For
+//! each request both take the current [`Pool`](crate::balancer::Pool)
+//! snapshot, hash the client key and walk that key's candidates in ring
+//! order, skipping backends that are down or draining. A request is tried on the next candidate when nothing of
 //! it reached the backend (connect failed, or hyper hands it back unsent);
 //! after it was sent, only an idempotent request without a body is retried
 //! (its head is kept for that). Errors map to HTTP in [`error`]: no backend
