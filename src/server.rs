@@ -98,7 +98,41 @@ pub struct Accepted {
     watcher: Watcher,
 }
 
+/// An accepted connection without its socket and peer address: its place
+/// in the drain and how hyper would serve it, kept while the socket waits
+/// somewhere cheaper than a task (the fast path's parking lot).
+pub struct Detached {
+    http: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+}
+
+impl Detached {
+    /// The connection again, on `stream` (its own socket, re-registered)
+    /// from `peer`.
+    pub fn attach(self, stream: TcpStream, peer: SocketAddr) -> Accepted {
+        let Detached { http, watcher } = self;
+        Accepted {
+            stream,
+            peer,
+            http,
+            watcher,
+        }
+    }
+}
+
 impl Accepted {
+    /// Separates the socket from what else must outlive it (the peer address
+    /// is dropped: the socket still knows it).
+    pub fn detach(self) -> (TcpStream, Detached) {
+        let Accepted {
+            stream,
+            peer: _,
+            http,
+            watcher,
+        } = self;
+        (stream, Detached { http, watcher })
+    }
+
     /// Serves the rest of the connection with hyper (HTTP/1.1 keep-alive,
     /// h2c, upgrades, the limits and drain of [`ServeOptions`]). `read`: bytes
     /// already read from the stream, which hyper sees first.

@@ -125,12 +125,22 @@ impl Workers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        // Moving a socket between reactors: deregister here, register there.
+        match stream.into_std() {
+            Ok(stream) => self.spawn_std(stream, serve),
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+        }
+    }
+
+    /// [`Workers::spawn_conn`] for a socket no reactor holds.
+    pub fn spawn_std<F>(&self, stream: std::net::TcpStream, serve: impl FnOnce(TcpStream) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let i = self.next.fetch_add(1, Relaxed) % self.handles.len();
         let handle = &self.handles[i];
         let _worker = handle.enter();
-        // Moving a socket between reactors: deregister here, register there.
-        let moved = stream.into_std().and_then(TcpStream::from_std);
-        match moved {
+        match TcpStream::from_std(stream) {
             Ok(stream) => {
                 handle.spawn(serve(stream));
             }

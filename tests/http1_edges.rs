@@ -1458,3 +1458,88 @@ async fn a_backend_down_from_the_start_costs_no_client_an_error() {
     })
     .await;
 }
+
+/// A keep-alive connection idle for a moment moves to the parking lot (no
+/// task, no buffer), and its next request is served like any other; parked
+/// connections still close at the idle timeout, and a parked client still
+/// counts as connected to its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_park_and_wake_for_their_next_request() {
+    const CLIENTS: usize = 20;
+    bounded(async {
+        let backend = RawBackend::start(echo_target).await;
+        let lb = balancer(&[&backend], &[("CLIENT_IDLE_TIMEOUT_SECS", "3")]).await;
+        let mut clients = Vec::new();
+        for i in 0..CLIENTS {
+            let mut c = Wire::connect(lb.addr).await;
+            c.send(&get(&format!("/first-{i}"))).await;
+            let r = recv(&mut c).await;
+            assert_eq!((r.status, r.text()), (200, format!("/first-{i}")));
+            clients.push(c);
+        }
+        let parked = |status: &serde_json::Value| status["totals"]["parked"].as_u64();
+        support::wait_for("every idle connection parked", IO_LIMIT, || async {
+            let s = lb.status().await;
+            (parked(&s) == Some(CLIENTS as u64)).then_some(())
+        })
+        .await;
+        let s = lb.status().await;
+        assert_eq!(
+            s["totals"]["clients"].as_i64(),
+            Some(CLIENTS as i64),
+            "parked clients still count as connected: {s}"
+        );
+
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(&get(&format!("/again-{i}"))).await;
+            let r = recv(c).await;
+            assert_eq!((r.status, r.text()), (200, format!("/again-{i}")));
+        }
+        // Woken connections are served like new ones: a pipelined pair too.
+        let c = &mut clients[0];
+        c.send(&[get("/p1"), get("/p2")].concat()).await;
+        assert_eq!(recv(c).await.text(), "/p1");
+        assert_eq!(recv(c).await.text(), "/p2");
+
+        // They park again, and the idle timeout closes them from there.
+        support::wait_for("the connections parked again", IO_LIMIT, || async {
+            let s = lb.status().await;
+            (parked(&s) == Some(CLIENTS as u64)).then_some(())
+        })
+        .await;
+        for c in &mut clients {
+            assert!(
+                c.closes_within(Duration::from_secs(6)).await,
+                "a parked connection outlived its idle timeout"
+            );
+        }
+        let s = lb.status().await;
+        assert_eq!(parked(&s), Some(0), "{s}");
+        assert_eq!(s["totals"]["errors"].as_u64(), Some(0), "{s}");
+    })
+    .await;
+}
+
+/// Shutdown closes parked connections at once and the drain completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_closes_parked_connections() {
+    bounded(async {
+        let backend = RawBackend::start(echo_target).await;
+        let lb = balancer(&[&backend], &[]).await;
+        let mut c = Wire::connect(lb.addr).await;
+        c.send(&get("/once")).await;
+        assert_eq!(recv(&mut c).await.status, 200);
+        support::wait_for("the connection parked", IO_LIMIT, || async {
+            let s = lb.status().await;
+            (s["totals"]["parked"].as_u64() == Some(1)).then_some(())
+        })
+        .await;
+        let stopped = tokio::time::timeout(IO_LIMIT, lb.stop()).await;
+        assert!(matches!(stopped, Ok(Ok(()))), "the drain finished promptly");
+        assert!(
+            c.closes_within(IO_LIMIT).await,
+            "the parked connection closed"
+        );
+    })
+    .await;
+}

@@ -80,6 +80,8 @@ pub struct Balancer {
     pub health_wake: Notify,
     /// Idle timeout and drain for the fast path's keep-alive connections.
     pub idle: h1::IdleClock,
+    /// Where the fast path's long-idle connections wait.
+    pub parking: h1::ParkingLot,
 }
 
 impl Balancer {
@@ -87,6 +89,8 @@ impl Balancer {
         Balancer {
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             discovery_mode: config.discovery.mode(),
+            idle: h1::IdleClock::new(config.limits.idle_timeout),
+            parking: h1::ParkingLot::new(),
             config,
             pool: ArcSwap::from_pointee(Pool::empty()),
             totals: Totals::default(),
@@ -94,7 +98,6 @@ impl Balancer {
             started_at: SystemTime::now(),
             discovery: Mutex::new(DiscoveryState::default()),
             health_wake: Notify::new(),
-            idle: h1::IdleClock::default(),
         }
     }
 
@@ -228,11 +231,12 @@ pub async fn run(
         tokio::spawn({
             let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
             async move {
-                let timeout = state.config.limits.idle_timeout;
-                state.idle.run(timeout, shutdown).await;
+                state.idle.run(shutdown).await;
+                state.parking.wake();
             }
         }),
     ];
+    h1::ParkingLot::start(&state);
 
     let proxy_state = Arc::clone(&state);
     server::serve_with(

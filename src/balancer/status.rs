@@ -115,6 +115,9 @@ pub struct TotalsStatus {
     pub errors: u64,
     pub failed_requests: u64,
     pub clients: i64,
+    /// Keep-alive client connections idle in the parking lot (no task, no
+    /// buffer; see `proxy::h1::park`).
+    pub parked: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +206,7 @@ impl Status {
                 errors: backends.iter().map(|b| b.errors).sum(),
                 failed_requests: state.totals.failed.load(Relaxed),
                 clients: backends.iter().map(|b| b.clients).sum(),
+                parked: state.parking.len(),
             },
             backends,
         }

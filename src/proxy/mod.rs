@@ -62,6 +62,17 @@ impl Proxy {
 struct Pinned(Mutex<Option<Arc<Backend>>>);
 
 impl Pinned {
+    /// The pinned backend, its gauge count handed over with it (a parked
+    /// connection keeps counting as connected).
+    fn into_backend(mut self) -> Option<Arc<Backend>> {
+        self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Takes back what [`Pinned::into_backend`] handed over.
+    fn from_backend(backend: Option<Arc<Backend>>) -> Pinned {
+        Pinned(Mutex::new(backend))
+    }
+
     fn repin(&self, backend: &Arc<Backend>) {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|b| Arc::ptr_eq(b, backend)) {

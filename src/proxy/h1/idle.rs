@@ -1,13 +1,14 @@
-//! One clock for every idle fast-path connection of a balancer: it ticks
-//! [`TICKS_PER_TIMEOUT`] times per idle timeout and wakes the idle
-//! connections on each tick, so they can see whether their time is up, and
-//! at once when the drain begins.
+//! One clock for every idle fast-path connection of a balancer. It ticks
+//! four times a second (four times per idle timeout when that is shorter) and
+//! wakes the idle connections on each tick, so each can see whether to
+//! close (timeout, drain) or to move to the parking lot ([`super::park`]);
+//! and it wakes them at once when the drain begins.
 //!
 //! A timer per connection (tokio's `Sleep`) would add over a hundred bytes
 //! to every idle connection's task and a timer-wheel insert to every
-//! request; this is how nginx and HAProxy treat keep-alive timeouts too (a
-//! coarse check, not a timer each). The price: an idle connection closes
-//! between the timeout and a quarter more.
+//! request; a coarse check is how nginx and HAProxy treat keep-alive
+//! timeouts too. The price: an idle connection closes between the timeout
+//! and one tick more.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -17,19 +18,42 @@ use tokio::sync::futures::Notified;
 
 use crate::shutdown::Shutdown;
 
-/// Ticks per idle timeout: the timeout's resolution.
-pub const TICKS_PER_TIMEOUT: u64 = 4;
+/// The longest tick.
+const MAX_TICK: Duration = Duration::from_millis(250);
 /// Never tick faster than this (a zero or tiny timeout).
 const MIN_TICK: Duration = Duration::from_millis(10);
+/// Ticks of idleness after which a connection parks: a quarter to half a
+/// second at the usual tick.
+const PARK_TICKS: u64 = 2;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IdleClock {
+    tick: Duration,
+    /// Ticks in one idle timeout (rounded up).
+    timeout_ticks: u64,
     ticks: AtomicU64,
     draining: AtomicBool,
     notify: Notify,
 }
 
 impl IdleClock {
+    pub fn new(idle_timeout: Duration) -> Self {
+        let tick = (idle_timeout / 4).clamp(MIN_TICK, MAX_TICK);
+        let timeout_ticks = idle_timeout.as_nanos().div_ceil(tick.as_nanos());
+        IdleClock {
+            tick,
+            timeout_ticks: u64::try_from(timeout_ticks).unwrap_or(u64::MAX),
+            ticks: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    /// How often the clock ticks.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
     /// The current tick; an idle period starts here.
     pub fn now(&self) -> u64 {
         self.ticks.load(Relaxed)
@@ -44,7 +68,13 @@ impl IdleClock {
     /// Whether a connection idle since tick `since` should close: a full
     /// timeout has passed for certain, or the drain began.
     pub fn expired(&self, since: u64) -> bool {
-        self.draining() || self.now().saturating_sub(since) > TICKS_PER_TIMEOUT
+        self.draining() || self.now().saturating_sub(since) > self.timeout_ticks
+    }
+
+    /// Whether a connection idle since tick `since` has been idle long
+    /// enough to park.
+    pub fn may_park(&self, since: u64) -> bool {
+        self.now().saturating_sub(since) >= PARK_TICKS
     }
 
     /// Whether the drain began (connections close after their exchange).
@@ -53,9 +83,9 @@ impl IdleClock {
     }
 
     /// Ticks until `shutdown`, then marks the drain and wakes everyone.
-    pub async fn run(&self, idle_timeout: Duration, shutdown: Shutdown) {
-        let tick = (idle_timeout / TICKS_PER_TIMEOUT as u32).max(MIN_TICK);
-        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    pub async fn run(&self, shutdown: Shutdown) {
+        let mut every =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.tick, self.tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -68,5 +98,33 @@ impl IdleClock {
         }
         self.draining.store(true, Relaxed);
         self.notify.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_divide_the_timeout() {
+        let c = IdleClock::new(Duration::from_secs(60));
+        assert_eq!((c.tick, c.timeout_ticks), (Duration::from_millis(250), 240));
+        let c = IdleClock::new(Duration::from_millis(400));
+        assert_eq!((c.tick, c.timeout_ticks), (Duration::from_millis(100), 4));
+        let c = IdleClock::new(Duration::ZERO);
+        assert_eq!((c.tick, c.timeout_ticks), (MIN_TICK, 0));
+    }
+
+    #[test]
+    fn expiry_needs_a_whole_timeout_and_the_drain_ends_everything() {
+        let c = IdleClock::new(Duration::from_millis(400));
+        for _ in 0..4 {
+            c.ticks.fetch_add(1, Relaxed);
+            assert!(!c.expired(0));
+        }
+        c.ticks.fetch_add(1, Relaxed);
+        assert!(c.expired(0) && !c.expired(1));
+        c.draining.store(true, Relaxed);
+        assert!(c.expired(5));
     }
 }

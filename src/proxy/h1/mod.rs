@@ -23,8 +23,10 @@ mod buf;
 pub mod chunked;
 pub mod head;
 mod idle;
+mod park;
 
 pub use idle::IdleClock;
+pub use park::ParkingLot;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -70,7 +72,7 @@ enum Next {
     Hyper(Vec<u8>),
 }
 
-async fn serve(state: Arc<Balancer>, mut conn: Accepted) {
+async fn serve(state: Arc<Balancer>, conn: Accepted) {
     let peer = conn.peer;
     if !state.trusted.is_empty() && state.trusted.contains(peer.ip()) {
         // Trusted proxies' forwarding headers are read and extended:
@@ -78,11 +80,21 @@ async fn serve(state: Arc<Balancer>, mut conn: Accepted) {
         return hyper_path(state, conn, Vec::new()).await;
     }
     let client = peer.ip().to_canonical();
-    let pinned = Pinned::default();
+    serve_fast(state, conn, client, Pinned::default()).await;
+}
+
+/// The fast path's loop over one connection's requests, from its first
+/// request or from the parking lot.
+async fn serve_fast(state: Arc<Balancer>, mut conn: Accepted, client: IpAddr, pinned: Pinned) {
     let mut carry = None;
     loop {
-        if carry.is_none() && !wait_for_request(&state.idle, &conn.stream).await {
-            return;
+        if carry.is_none() {
+            let may_park = state.parking.is_open();
+            match wait_for_request(&state.idle, &conn.stream, may_park).await {
+                Wait::Request => {}
+                Wait::Close => return,
+                Wait::Park(since) => return park(&state, conn, pinned, since),
+            }
         }
         let draining = state.idle.draining();
         // Boxed: the exchange's state lives only while a request does, so
@@ -106,23 +118,53 @@ async fn serve(state: Arc<Balancer>, mut conn: Accepted) {
     }
 }
 
-/// Waits, holding no buffer, until the client sends something; false when
-/// the connection should close instead (idle timeout, drain, socket error).
-async fn wait_for_request(clock: &IdleClock, stream: &TcpStream) -> bool {
+/// What an idle connection does next.
+enum Wait {
+    /// The client sent something.
+    Request,
+    /// Idle timeout, drain or a broken socket.
+    Close,
+    /// Idle since this tick for long enough to park.
+    Park(u64),
+}
+
+/// Waits, holding no buffer, until the client sends something, the
+/// connection should close, or (`may_park`) it should park.
+async fn wait_for_request(clock: &IdleClock, stream: &TcpStream, may_park: bool) -> Wait {
     let since = clock.now();
     loop {
         let tick = clock.next();
         if clock.expired(since) {
-            return false;
+            return Wait::Close;
+        }
+        if may_park && clock.may_park(since) {
+            return Wait::Park(since);
         }
         // `poll_read_ready` keeps its waker in the socket's own slot: no
         // waiter node in this future, which every idle connection carries.
         let readable = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
         tokio::select! {
             biased;
-            ready = readable => return ready.is_ok(),
+            ready = readable => return if ready.is_ok() { Wait::Request } else { Wait::Close },
             () = tick => {}
         }
+    }
+}
+
+/// Moves an idle connection to the parking lot; its task ends here.
+/// If that fails (the system refuses another epoll entry), the connection
+/// closes: an idle keep-alive connection may be closed at any time, and
+/// clients retry on a new one.
+fn park(state: &Balancer, conn: Accepted, pinned: Pinned, since: u64) {
+    let (stream, conn) = conn.detach();
+    match stream.into_std() {
+        Ok(stream) => {
+            let parked = park::Parked::new(stream, conn, pinned, since);
+            if state.parking.park(parked).is_err() {
+                tracing::debug!("cannot park a connection: closing it");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot park a connection: closing it"),
     }
 }
 
