@@ -6,13 +6,19 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 /// Capacity of a new buffer: a typical request or response head and more.
-const SIZE: usize = 16 * 1024;
+/// Small, because a burst of new connections takes several each at once,
+/// and what the allocator keeps of them after the burst counts against
+/// every connection.
+const SIZE: usize = 4 * 1024;
 /// Read no less than this at a time (grow the buffer when less is free).
-const MIN_ROOM: usize = 4 * 1024;
+const MIN_ROOM: usize = 1024;
+/// How much a buffer grows by when a read would have less than
+/// [`MIN_ROOM`]: a body being relayed gets reads of this size.
+const GROW: usize = 16 * 1024;
 /// Buffers kept per thread; more than this in flight are freed on return.
 const KEEP: usize = 32;
 /// Buffers grown past this (a huge head) are freed rather than kept.
-const KEEP_CAPACITY: usize = 4 * SIZE;
+const KEEP_CAPACITY: usize = 4 * GROW;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -38,7 +44,7 @@ impl Buf {
     /// Makes sure a read has at least [`MIN_ROOM`] bytes of room.
     pub fn reserve_room(&mut self) {
         if self.0.capacity() - self.0.len() < MIN_ROOM {
-            self.0.reserve(SIZE);
+            self.0.reserve(GROW);
         }
     }
 

@@ -191,6 +191,11 @@ async fn exchange(
 
     let head = loop {
         match head::request(&input, client, MAX_BODY, &mut request) {
+            // A head over the limit that arrived whole in one read: hyper
+            // refuses it (431) like one that arrives in pieces.
+            head::Request::Ready(head) if head.head_len > limits.max_header_bytes => {
+                return Next::Hyper(input.into_vec());
+            }
             head::Request::Ready(head) => break head,
             head::Request::Unusual => return Next::Hyper(input.into_vec()),
             // Too big for us: hyper answers 431.
