@@ -23,13 +23,21 @@ use api::{TempDir, json};
 /// outgoing connection of another test cannot take one between this check
 /// and the launcher's bind.
 fn port_block(n: u16) -> (u16, u16) {
+    let (start, lb, _free_again) = port_block_held(n);
+    (start, lb)
+}
+
+/// [`port_block`], with the block's listeners still held (balancer port
+/// first): a test that needs one of the ports taken keeps its listener
+/// instead of binding it again, which another process could beat it to.
+fn port_block_held(n: u16) -> (u16, u16, Vec<TcpListener>) {
     for _ in 0..200 {
         let start = 20_000 + (rand::random::<u16>() % 12_000);
         let held: Result<Vec<TcpListener>, _> = (start..=start + n)
             .map(|p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)))
             .collect();
-        if held.is_ok() {
-            return (start + 1, start);
+        if let Ok(held) = held {
+            return (start + 1, start, held);
         }
     }
     panic!("no block of {n} free ports");
@@ -203,9 +211,11 @@ async fn cluster_starts_supervises_and_stops_cleanly() {
 async fn a_busy_port_is_named_and_nothing_half_starts() {
     const N: u16 = 3;
     let dir = TempDir::new("cluster-busy");
-    let (start, lb) = port_block(N);
+    let (start, lb, mut held) = port_block_held(N);
     let busy = start + 1;
-    let _squatter = TcpListener::bind((Ipv4Addr::UNSPECIFIED, busy)).expect("hold a port");
+    // Keep the listener on `busy`; free the rest for the cluster.
+    let _squatter = held.remove(usize::from(busy - lb));
+    drop(held);
     let mut cluster = launch(&dir, start, lb, N);
     let err = collect(cluster.stderr.take());
     let status = tokio::task::block_in_place(|| wait_exit(&mut cluster, Duration::from_secs(20)));
