@@ -6,8 +6,9 @@
 //! head in place, copy the lines that stay, append the forwarding headers,
 //! and move the response through in the same buffers, which go back to a
 //! per-thread free list between requests. An idle keep-alive connection
-//! therefore holds no buffer at all, only its socket and a small task; a
-//! request costs no header map and no allocation in the steady state.
+//! therefore holds no buffer at all, only its socket and a small task, and
+//! after a moment not even the task (`park.rs`); a request costs no header
+//! map and no allocation in the steady state.
 //!
 //! The first request the fast path does not handle ([`head::Request::Unusual`]:
 //! upgrades, `Expect`, chunked or large request bodies, HTTP/1.0 and h2c,
@@ -16,8 +17,8 @@
 //! its life. The routing rules are the same on both paths: the client's ring
 //! candidates in order, down or draining backends skipped, the next
 //! candidate tried when nothing reached the backend, or when the request is
-//! idempotent; a pooled connection the backend closed while idle is
-//! replaced by a fresh one without counting as a failure.
+//! idempotent; for such a request, a pooled connection the backend closed
+//! while idle is replaced by a fresh one without counting as a failure.
 
 mod buf;
 pub mod chunked;
