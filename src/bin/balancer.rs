@@ -7,11 +7,11 @@ use hashgate::{balancer, shutdown, telemetry};
 
 // mimalloc (v3): glibc's malloc was ~3.5% of the balancer's CPU under load
 // (a few small allocations per request, freed on the same thread); with it,
-// requests per core-second rose ~10% in bench/run.sh. v2 cost ~12 KB more
-// per idle client connection; v3 costs ~2 KB. It needs only a C compiler,
-// which the bundled SQLite needs anyway.
+// requests per core-second rose ~10% in bench/run.sh. It needs only a C
+// compiler, which the bundled SQLite needs anyway. crates/alloc adds the
+// thread that purges freed pages (idle connections' memory).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: hashgate_alloc::MiMalloc = hashgate_alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
@@ -24,6 +24,8 @@ fn main() -> ExitCode {
             .unwrap_or(13003);
         return hashgate::healthcheck::main_for_port(port);
     }
+    // Returns freed memory to the OS when the workers go quiet.
+    hashgate_alloc::init();
     telemetry::init("info");
     balancer::main_with(&Env::from_process(), shutdown::signal())
 }

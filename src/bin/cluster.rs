@@ -14,7 +14,7 @@ use hashgate::{healthcheck, shutdown, telemetry};
 // The launcher re-executes itself as the balancer child: same allocator as
 // the `balancer` binary (see there).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: hashgate_alloc::MiMalloc = hashgate_alloc::MiMalloc;
 
 const USAGE: &str =
     "usage: cluster [--instances N] [--start-port P] [--no-balancer] | cluster healthcheck";
@@ -22,6 +22,7 @@ const USAGE: &str =
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("__child") {
+        hashgate_alloc::init();
         // The parent already loaded `.env` into the environment we inherit.
         telemetry::init("info");
         let kind = args.get(1).map(String::as_str).unwrap_or("");
