@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of hashgate against HAProxy and nginx on loopback.
 #
-#   bench/run.sh            full run (about 12 minutes on 2 cores)
+#   bench/run.sh            full run (about 14 minutes on 2 cores)
 #   bench/run.sh --quick    smoke test: one round, short phases (about 2 minutes)
 #
 # Environment overrides: ROUNDS, DURATION, WARMUP (seconds), IDLE_CONNS,
@@ -31,7 +31,7 @@ if ((QUICK)); then
     ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1}
     IDLE_CONNS=${IDLE_CONNS:-1000} WS_TUNNELS=${WS_TUNNELS:-200} WS_MESSAGES=${WS_MESSAGES:-5}
 else
-    ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10} WARMUP=${WARMUP:-2}
+    ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-8} WARMUP=${WARMUP:-2}
     IDLE_CONNS=${IDLE_CONNS:-5000} WS_TUNNELS=${WS_TUNNELS:-1000} WS_MESSAGES=${WS_MESSAGES:-20}
 fi
 CANDIDATES=${CANDIDATES:-$ALL_CANDIDATES}
