@@ -1459,6 +1459,15 @@ async fn a_backend_down_from_the_start_costs_no_client_an_error() {
     .await;
 }
 
+/// Waits until `/lb/status` counts exactly `n` parked connections.
+async fn wait_parked(lb: &TestBalancer, n: usize, what: &str) {
+    support::wait_for(what, IO_LIMIT, || async {
+        let s = lb.status().await;
+        (s["totals"]["parked"].as_u64() == Some(n as u64)).then_some(())
+    })
+    .await;
+}
+
 /// A keep-alive connection idle for a moment moves to the parking lot (no
 /// task, no buffer), and its next request is served like any other; parked
 /// connections still close at the idle timeout, and a parked client still
@@ -1477,12 +1486,7 @@ async fn idle_keep_alive_connections_park_and_wake_for_their_next_request() {
             assert_eq!((r.status, r.text()), (200, format!("/first-{i}")));
             clients.push(c);
         }
-        let parked = |status: &serde_json::Value| status["totals"]["parked"].as_u64();
-        support::wait_for("every idle connection parked", IO_LIMIT, || async {
-            let s = lb.status().await;
-            (parked(&s) == Some(CLIENTS as u64)).then_some(())
-        })
-        .await;
+        wait_parked(&lb, CLIENTS, "every idle connection parked").await;
         let s = lb.status().await;
         assert_eq!(
             s["totals"]["clients"].as_i64(),
@@ -1502,11 +1506,7 @@ async fn idle_keep_alive_connections_park_and_wake_for_their_next_request() {
         assert_eq!(recv(c).await.text(), "/p2");
 
         // They park again, and the idle timeout closes them from there.
-        support::wait_for("the connections parked again", IO_LIMIT, || async {
-            let s = lb.status().await;
-            (parked(&s) == Some(CLIENTS as u64)).then_some(())
-        })
-        .await;
+        wait_parked(&lb, CLIENTS, "the connections parked again").await;
         for c in &mut clients {
             assert!(
                 c.closes_within(Duration::from_secs(6)).await,
@@ -1514,7 +1514,7 @@ async fn idle_keep_alive_connections_park_and_wake_for_their_next_request() {
             );
         }
         let s = lb.status().await;
-        assert_eq!(parked(&s), Some(0), "{s}");
+        assert_eq!(s["totals"]["parked"].as_u64(), Some(0), "{s}");
         assert_eq!(s["totals"]["errors"].as_u64(), Some(0), "{s}");
     })
     .await;
@@ -1529,11 +1529,7 @@ async fn the_drain_closes_parked_connections() {
         let mut c = Wire::connect(lb.addr).await;
         c.send(&get("/once")).await;
         assert_eq!(recv(&mut c).await.status, 200);
-        support::wait_for("the connection parked", IO_LIMIT, || async {
-            let s = lb.status().await;
-            (s["totals"]["parked"].as_u64() == Some(1)).then_some(())
-        })
-        .await;
+        wait_parked(&lb, 1, "the connection parked").await;
         let stopped = tokio::time::timeout(IO_LIMIT, lb.stop()).await;
         assert!(matches!(stopped, Ok(Ok(()))), "the drain finished promptly");
         assert!(

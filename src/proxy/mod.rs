@@ -4,11 +4,12 @@
 //! other connection is handed to hyper, where one [`Proxy`] serves it. For
 //! each request both take the current [`Pool`](crate::balancer::Pool)
 //! snapshot, hash the client key and walk that key's candidates in ring
-//! order, skipping backends that are down or draining. A request is tried on the next candidate when nothing of
-//! it reached the backend (connect failed, or hyper hands it back unsent);
-//! after it was sent, only an idempotent request without a body is retried
-//! (its head is kept for that). Errors map to HTTP in [`error`]: no backend
-//! 503, upstream failure 502, upstream timeout 504.
+//! order, skipping backends that are down or draining. A request is tried
+//! on the next candidate when nothing of it reached the backend (connect
+//! failed, or hyper hands it back unsent); after it was sent, only an
+//! idempotent request without a body is retried (its head is kept for
+//! that). Errors map to HTTP in [`error`]: no backend 503, upstream failure
+//! 502, upstream timeout 504.
 
 pub mod body;
 pub mod client_ip;

@@ -8,7 +8,8 @@
 //! per-thread free list between requests. An idle keep-alive connection
 //! therefore holds no buffer at all, only its socket and a small task, and
 //! after a moment not even the task (`park.rs`); a request costs no header
-//! map and no allocation in the steady state.
+//! map, and no allocation while its thread has few requests in flight
+//! (`buf.rs`).
 //!
 //! The first request the fast path does not handle ([`head::Request::Unusual`]:
 //! upgrades, `Expect`, chunked or large request bodies, HTTP/1.0 and h2c,

@@ -1,11 +1,11 @@
 //! The parking lot: where a fast-path keep-alive connection waits once it
-//! has been idle for a couple of seconds ([`IdleClock::may_park`]).
+//! has been idle for a quarter to half a second ([`IdleClock::may_park`]).
 //!
 //! A waiting connection normally costs a task (a few hundred bytes, cache
 //! aligned) and tokio's per-socket readiness state (another 256). Parked, it
 //! costs one entry here: the socket, registered in this lot's own epoll set
 //! (one `mio::Poll`, waited on by a thread of its own), and what
-//! [`Detached`] keeps of the connection, about a hundred bytes. When a parked
+//! [`Detached`] keeps of the connection: about 50 bytes together. When a parked
 //! socket turns readable it leaves the lot, is registered with a worker's
 //! reactor again and gets a new task, which serves the request waiting on
 //! it. Only long-idle connections pay the moves (four `epoll_ctl` calls and
