@@ -3,6 +3,8 @@
 //! client on loopback).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod wire;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
