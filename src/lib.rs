@@ -27,7 +27,8 @@
 //! - [`upstream`]: pooled keep-alive connections to one backend.
 //! - [`proxy`]: the request path: pick, forward, fail over, map errors;
 //!   [`proxy::h1`] is the HTTP/1.1 fast path that serves the common request
-//!   without hyper and hands every other connection to hyper's path.
+//!   without hyper and hands every other connection to hyper's path;
+//!   [`proxy::rules`] holds the header rules both paths obey.
 //! - [`balancer`]: wiring, own endpoints (`/health`, `/lb`, `/lb/status`).
 //! - [`api`]: an API instance (axum router, worker registry, `/health`,
 //!   `/status.html`), served through the same accept loop.

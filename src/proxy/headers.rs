@@ -1,11 +1,15 @@
-//! Header rewriting between client and backend (RFC 9110 §7.6.1).
+//! Header rewriting between client and backend on the hyper path, by the
+//! rules of [`super::rules`] (the fast path applies the same ones to the
+//! bytes it parses).
 //!
-//! Hop-by-hop headers (the fixed list plus anything named in `Connection`)
+//! Hop-by-hop headers (the fixed list plus anything `Connection` may name)
 //! belong to one connection and are dropped in both directions, except the
-//! `Upgrade` handshake of a tunnel. Requests gain the forwarding headers:
-//! `X-Forwarded-For` (appended to a trusted proxy's list, replaced otherwise,
-//! so an untrusted client cannot plant addresses for the backend),
-//! `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`.
+//! `Upgrade` handshake of a tunnel; hyper frames each message it writes
+//! from its body, so no framing header travels as it came. Requests gain
+//! the forwarding headers: `X-Forwarded-For` (appended to a trusted proxy's
+//! list, replaced otherwise, so an untrusted client cannot plant addresses
+//! for the backend), `X-Forwarded-Proto`, `X-Forwarded-Host` and
+//! `X-Real-IP`; an untrusted client's `Forwarded` is removed.
 
 use std::net::IpAddr;
 
@@ -13,70 +17,64 @@ use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
 
 use super::client_ip::X_FORWARDED_FOR;
+use super::rules;
 
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// The hop-by-hop headers every proxy drops (RFC 9110 §7.6.1, plus the
-/// legacy `Keep-Alive` and `Proxy-Connection`).
-fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+/// [`rules::HOP_BY_HOP`] as header names (a lookup by a static name skips
+/// parsing the name on every request).
+static HOP_BY_HOP: [HeaderName; 9] = {
+    let l = rules::HOP_BY_HOP;
     [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
+        HeaderName::from_static(l[0]),
+        HeaderName::from_static(l[1]),
+        HeaderName::from_static(l[2]),
+        HeaderName::from_static(l[3]),
+        HeaderName::from_static(l[4]),
+        HeaderName::from_static(l[5]),
+        HeaderName::from_static(l[6]),
+        HeaderName::from_static(l[7]),
+        HeaderName::from_static(l[8]),
     ]
-}
+};
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, an `Upgrade` handshake
 /// keeps `Upgrade` and a `Connection: upgrade` so the backend sees it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in Connection are hop-by-hop too. Collecting them costs
-    // an allocation only when Connection names something unusual.
+    // Headers named in Connection are hop-by-hop too, unless the rules say
+    // Connection may not touch them. Collecting them costs an allocation
+    // only when Connection names something unusual.
     if let Some(conn) = headers.get(&header::CONNECTION) {
         let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
             .filter(|t| {
-                !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("keep-alive")
-                    && !t.eq_ignore_ascii_case("upgrade")
+                !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"upgrade")
+                    && rules::connection_may_drop(t)
             })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
-            if !is_forwarding_header(&name) {
-                headers.remove(name);
-            }
+            headers.remove(name);
         }
     }
-    for name in fixed_hop_by_hop() {
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
         if headers.contains_key(name) {
             headers.remove(name);
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if headers.contains_key(header::UPGRADE) {
-        headers.remove(header::UPGRADE);
     }
-}
-
-/// Our own forwarding headers may not be deleted by a client's `Connection`.
-fn is_forwarding_header(name: &HeaderName) -> bool {
-    name == X_FORWARDED_FOR
-        || name == X_FORWARDED_PROTO
-        || name == X_FORWARDED_HOST
-        || name == X_REAL_IP
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
@@ -120,6 +118,11 @@ pub fn set_forwarding(
         peer_value.clone()
     };
     headers.insert(&X_FORWARDED_FOR, xff);
+    // We describe our hop in the X-Forwarded-* headers only; a `Forwarded`
+    // list is believed (and passed on) only from a trusted proxy.
+    if !from_trusted && headers.contains_key(&FORWARDED) {
+        headers.remove(&FORWARDED);
+    }
     // The common case, a direct client: one formatted value serves both
     // headers (a HeaderValue clone shares its bytes).
     let real_ip = if client == peer {

@@ -16,6 +16,7 @@ pub mod client_ip;
 pub mod error;
 pub mod h1;
 pub mod headers;
+pub mod rules;
 mod tunnel;
 
 use std::convert::Infallible;

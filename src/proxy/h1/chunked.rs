@@ -11,8 +11,20 @@ enum State {
         size: u64,
         digits: u8,
     },
-    /// After the size: extensions (ignored) up to the line's `\n`.
-    SizeLine {
+    /// Right after the size's digits: a `;` or the line's end.
+    SizeEnd {
+        size: u64,
+    },
+    /// Blanks after the size: only a `;` may end them (RFC 9112 §7.1.1).
+    SizeBlank {
+        size: u64,
+    },
+    /// A chunk extension (ignored), up to the line's end.
+    Ext {
+        size: u64,
+    },
+    /// A `\r` ended the size line: only `\n` may follow.
+    SizeCr {
         size: u64,
     },
     /// Inside the chunk's data.
@@ -21,13 +33,17 @@ enum State {
     DataEnd {
         seen_cr: bool,
     },
-    /// At the start of a trailer line (`empty` until a byte other than
-    /// `\r` arrives on it).
+    /// At the start of a trailer line (`cr`: it began with `\r`, so it is
+    /// the empty line that ends the body, if `\n` follows).
     TrailerLine {
-        empty: bool,
+        cr: bool,
     },
-    /// Inside a non-empty trailer line, up to its `\n`.
-    TrailerRest,
+    /// Inside a trailer field line, up to its end (`colon`: the name has
+    /// ended; `cr`: a `\r` came, only `\n` may follow).
+    TrailerRest {
+        colon: bool,
+        cr: bool,
+    },
     Done,
 }
 
@@ -46,13 +62,31 @@ impl Default for Chunked {
     }
 }
 
+/// A byte allowed inside a chunk extension or a field value: visible ASCII,
+/// blanks and obs-text; never a control byte (RFC 9110 §5.5).
+fn is_text(b: u8) -> bool {
+    b == b'\t' || b >= 0x20 && b != 0x7f
+}
+
+/// After a size line's end: data, or the trailer section of the last chunk.
+fn line_end(size: u64) -> State {
+    if size == 0 {
+        State::TrailerLine { cr: false }
+    } else {
+        State::Data(size)
+    }
+}
+
 impl Chunked {
     pub fn is_done(&self) -> bool {
         self.0 == State::Done
     }
 
     /// Consumes bytes of the body; returns how many belong to it (all of
-    /// `buf` unless the body ends inside it).
+    /// `buf` unless the body ends inside it). Lines may end in `\r\n` or a
+    /// bare `\n` (RFC 9112 §2.2 lets a recipient accept it), never in a bare
+    /// `\r`, and hold no control bytes: whatever the balancer relays, a
+    /// strict client frames the same way.
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, Malformed> {
         let mut i = 0;
         while i < buf.len() {
@@ -67,17 +101,32 @@ impl Chunked {
                     Some(_) => return Err(Malformed),
                     None if digits == 0 => return Err(Malformed),
                     None => {
-                        let next = State::SizeLine { size };
-                        // Re-read this byte as part of the line's tail.
-                        self.0 = next;
+                        // Re-read this byte as the rest of the line.
+                        self.0 = State::SizeEnd { size };
                         continue;
                     }
                 },
-                State::SizeLine { size } => match b {
-                    b'\n' if size == 0 => State::TrailerLine { empty: true },
-                    b'\n' => State::Data(size),
-                    b'\r' | b';' | b' ' | b'\t' | b'=' | b'"' => State::SizeLine { size },
-                    b if b.is_ascii_graphic() => State::SizeLine { size },
+                State::SizeEnd { size } | State::SizeBlank { size } if b == b' ' || b == b'\t' => {
+                    State::SizeBlank { size }
+                }
+                State::SizeBlank { size } => match b {
+                    b';' => State::Ext { size },
+                    _ => return Err(Malformed),
+                },
+                State::SizeEnd { size } => match b {
+                    b';' => State::Ext { size },
+                    b'\r' => State::SizeCr { size },
+                    b'\n' => line_end(size),
+                    _ => return Err(Malformed),
+                },
+                State::Ext { size } => match b {
+                    b'\r' => State::SizeCr { size },
+                    b'\n' => line_end(size),
+                    b if is_text(b) => State::Ext { size },
+                    _ => return Err(Malformed),
+                },
+                State::SizeCr { size } => match b {
+                    b'\n' => line_end(size),
                     _ => return Err(Malformed),
                 },
                 State::Data(left) => {
@@ -96,18 +145,28 @@ impl Chunked {
                     b'\n' => State::Size { size: 0, digits: 0 },
                     _ => return Err(Malformed),
                 },
-                State::TrailerLine { empty } => match b {
-                    b'\r' if empty => State::TrailerLine { empty: true },
-                    b'\n' if empty => {
+                State::TrailerLine { cr } => match b {
+                    b'\n' => {
                         self.0 = State::Done;
                         return Ok(i + 1);
                     }
-                    b'\n' => State::TrailerLine { empty: true },
-                    _ => State::TrailerRest,
+                    _ if cr => return Err(Malformed),
+                    b'\r' => State::TrailerLine { cr: true },
+                    // A field name's first byte; no folding, no empty name.
+                    b if b.is_ascii_graphic() && b != b':' => State::TrailerRest {
+                        colon: false,
+                        cr: false,
+                    },
+                    _ => return Err(Malformed),
                 },
-                State::TrailerRest => match b {
-                    b'\n' => State::TrailerLine { empty: true },
-                    _ => State::TrailerRest,
+                State::TrailerRest { colon, cr } => match b {
+                    b'\n' if colon => State::TrailerLine { cr: false },
+                    _ if cr => return Err(Malformed),
+                    b'\r' if colon => State::TrailerRest { colon, cr: true },
+                    b':' => State::TrailerRest { colon: true, cr },
+                    b if colon && is_text(b) => State::TrailerRest { colon, cr },
+                    b if b.is_ascii_graphic() => State::TrailerRest { colon, cr },
+                    _ => return Err(Malformed),
                 },
                 State::Done => return Ok(i),
             };
@@ -166,6 +225,25 @@ mod tests {
         ] {
             assert_eq!(Chunked::default().feed(bad), Err(Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn bare_cr_control_bytes_and_junk_in_lines_are_refused() {
+        for bad in [
+            &b"5\rext\r\nhello\r\n"[..],
+            b"5x\r\n",
+            b"0 \r\n\r\n",
+            b"5;a\x01\r\n",
+            b"0\r\nX-Sum 1\r\n\r\n",
+            b"0\r\n Folded: 1\r\n\r\n",
+            b"0\r\nX: a\rb\r\n\r\n",
+            b"0\r\r\n",
+        ] {
+            assert_eq!(Chunked::default().feed(bad), Err(Malformed), "{bad:?}");
+        }
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(b"5 ; a=\"b c\"\r\nhello\r\n0\r\n\r\n"), Ok(25));
+        assert!(c.is_done());
     }
 
     #[test]

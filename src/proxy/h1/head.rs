@@ -2,19 +2,23 @@
 //! httparse and rewritten by copying the lines that stay and appending the
 //! ones the balancer adds. No header map, no allocation per header.
 //!
-//! The rules are the hyper path's ([`crate::proxy::headers`]): hop-by-hop
-//! headers (the fixed list and whatever `Connection` names) go in both
+//! The rules are the hyper path's, from [`crate::proxy::rules`]: hop-by-hop
+//! headers (the fixed list and whatever `Connection` may name) go in both
 //! directions; the backend gets `X-Forwarded-For`, `X-Real-IP`,
-//! `X-Forwarded-Proto` and `X-Forwarded-Host` set by us (the fast path only
-//! serves peers that are not trusted proxies, so the client's own copies are
-//! replaced, never extended). A request this module does not handle is
-//! reported [`Request::Unusual`] and served by hyper instead.
+//! `X-Forwarded-Proto` and `X-Forwarded-Host` set by us, and no `Forwarded`
+//! (the fast path only serves peers that are not trusted proxies, so the
+//! client's own copies are replaced, never extended). The framing forwarded
+//! is the framing parsed: a `Content-Length` is written from the value read,
+//! once, whatever else the message said. A request this module does not
+//! handle is reported [`Request::Unusual`] and served by hyper instead.
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
+use super::chunked::{Chunked, Malformed};
 use crate::balancer::status::is_own_endpoint;
+use crate::proxy::rules;
 
 /// Most header lines one head may carry (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -95,7 +99,10 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     // The default in HTTP/1.1.
-                } else if token.eq_ignore_ascii_case(b"upgrade") || !named.add(token) {
+                } else if token.eq_ignore_ascii_case(b"upgrade")
+                    || (rules::connection_may_drop(token) && !named.add(token))
+                {
+                    // An upgrade, or more names than the fast path keeps.
                     return Request::Unusual;
                 }
             }
@@ -111,11 +118,21 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut length_written = false;
     for line in req.headers.iter() {
-        if request_drops(line.name) || named.contains(line.name) {
+        let name = line.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // The length parsed, once, in the client's spelling of the name.
+            if !length_written {
+                length_written = true;
+                push_length(out, name, body_len.unwrap_or(0) as u64);
+            }
             continue;
         }
-        push_line(out, line.name.as_bytes(), line.value);
+        if request_drops(name) || named.contains(name) {
+            continue;
+        }
+        push_line(out, name, line.value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     let ip_start = out.len();
@@ -172,6 +189,58 @@ pub enum Framing {
     UntilClose,
 }
 
+/// Follows a response body across reads: which of the bytes the backend
+/// sends belong to it, and when it is complete.
+#[derive(Debug, Clone)]
+pub struct BodyProgress {
+    framing: Framing,
+    /// Bytes still to come of a `Length` body.
+    left: u64,
+    chunks: Chunked,
+}
+
+impl BodyProgress {
+    pub fn new(framing: Framing) -> Self {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        BodyProgress {
+            framing,
+            left,
+            chunks: Chunked::default(),
+        }
+    }
+
+    /// Of `bytes`, the next ones from the backend, how many belong to the
+    /// body (all of them unless it ends inside).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+        Ok(match self.framing {
+            Framing::Empty => 0,
+            Framing::Length(_) => {
+                let take = bytes
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= take as u64;
+                take
+            }
+            Framing::Chunked => self.chunks.feed(bytes)?,
+            Framing::UntilClose => bytes.len(),
+        })
+    }
+
+    /// Whether the body is complete (a body that runs to close never is:
+    /// the backend's close ends it).
+    pub fn is_done(&self) -> bool {
+        match self.framing {
+            Framing::Empty => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunks.is_done(),
+            Framing::UntilClose => false,
+        }
+    }
+}
+
 impl ResponseHead {
     /// An interim (1xx) response: pass it on, then read the final one.
     pub fn is_interim(&self) -> bool {
@@ -196,6 +265,9 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Response::Bad("malformed response head");
     };
+    if !(100..600).contains(&status) {
+        return Response::Bad("status code out of range");
+    }
     if status == 101 {
         return Response::Bad("101 Switching Protocols without an upgrade request");
     }
@@ -213,16 +285,17 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // The last coding decides: chunked, or the body runs to close.
-            chunked = tokens(line.value)
-                .last()
-                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+            match tokens(line.value).last() {
+                Some(t) => chunked = Some(t.eq_ignore_ascii_case(b"chunked")),
+                None => return Response::Bad("empty Transfer-Encoding"),
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in tokens(line.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     conn_close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     conn_close &= version != 0;
-                } else if !named.add(token) {
+                } else if rules::connection_may_drop(token) && !named.add(token) {
                     return Response::Bad("too many names in Connection");
                 }
             }
@@ -249,21 +322,29 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // Chunked passes through as it is; a body that runs to close loses its
+    // coding header like on the hyper path; Content-Length never travels
+    // beside Transfer-Encoding (RFC 9112 §6.3) nor on a 1xx or 204 (RFC 9110
+    // §8.6), and is written from the value parsed, once (a HEAD or 304
+    // answer keeps it as information).
+    let length =
+        length.filter(|_| chunked.is_none() && !(100..200).contains(&status) && status != 204);
+    let mut length_written = false;
     for line in resp.headers.iter() {
-        let name = line.name;
-        let te = name.eq_ignore_ascii_case("transfer-encoding");
-        // Chunked passes through as it is; a body that runs to close loses
-        // its coding header like on the hyper path, and Content-Length
-        // never travels beside Transfer-Encoding (RFC 9112 §6.3).
-        let drop = if te {
+        let name = line.name.as_bytes();
+        let drop = if name.eq_ignore_ascii_case(b"transfer-encoding") {
             framing != Framing::Chunked && !head_request
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            if let Some(n) = length.filter(|_| !length_written) {
+                length_written = true;
+                push_length(out, name, n);
+            }
+            continue;
         } else {
-            response_drops(name)
-                || named.contains(name)
-                || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+            response_drops(name) || named.contains(name)
         };
         if !drop {
-            push_line(out, name.as_bytes(), line.value);
+            push_line(out, name, line.value);
         }
     }
     if close_client {
@@ -303,40 +384,14 @@ pub fn own_response(
 }
 
 /// Request headers never passed on: hop-by-hop, and the forwarding headers
-/// the balancer sets itself.
-fn request_drops(name: &str) -> bool {
-    is_hop_by_hop(name)
-        || name.eq_ignore_ascii_case("proxy-authorization")
-        || name.eq_ignore_ascii_case("x-forwarded-for")
-        || name.eq_ignore_ascii_case("x-real-ip")
-        || name.eq_ignore_ascii_case("x-forwarded-proto")
-        || name.eq_ignore_ascii_case("x-forwarded-host")
+/// the balancer sets itself (the fast path never serves a trusted proxy).
+fn request_drops(name: &[u8]) -> bool {
+    rules::is_hop_by_hop(name) || rules::is_forwarding(name)
 }
 
 /// Response headers never passed on (`Transfer-Encoding` is decided apart).
-fn response_drops(name: &str) -> bool {
-    is_hop_by_hop(name) || name.eq_ignore_ascii_case("proxy-authenticate")
-}
-
-/// RFC 9110 §7.6.1's list plus the legacy `Keep-Alive`/`Proxy-Connection`.
-fn is_hop_by_hop(name: &str) -> bool {
-    // Every such name is 2 to 17 bytes; most headers are filtered by length
-    // and first byte before any comparison.
-    match name.as_bytes().first().map(u8::to_ascii_lowercase) {
-        Some(b'c') => name.eq_ignore_ascii_case("connection"),
-        Some(b'k') => name.eq_ignore_ascii_case("keep-alive"),
-        Some(b'p') => {
-            name.eq_ignore_ascii_case("proxy-connection")
-                || name.eq_ignore_ascii_case("proxy-authenticate")
-        }
-        Some(b't') => {
-            name.eq_ignore_ascii_case("te")
-                || name.eq_ignore_ascii_case("trailer")
-                || name.eq_ignore_ascii_case("transfer-encoding")
-        }
-        Some(b'u') => name.eq_ignore_ascii_case("upgrade"),
-        _ => false,
-    }
+fn response_drops(name: &[u8]) -> bool {
+    rules::is_hop_by_hop(name)
 }
 
 /// The names a `Connection` header lists (besides close/keep-alive/upgrade).
@@ -357,8 +412,7 @@ impl<'a> Named<'a> {
         true
     }
 
-    fn contains(&self, name: &str) -> bool {
-        let name = name.as_bytes();
+    fn contains(&self, name: &[u8]) -> bool {
         self.names[..self.len]
             .iter()
             .any(|n| n.eq_ignore_ascii_case(name))
@@ -405,6 +459,11 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// A `Content-Length` line with the value the balancer parsed.
+fn push_length(out: &mut Vec<u8>, name: &[u8], n: u64) {
+    push_line(out, name, itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -583,6 +642,8 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 010 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\nContent-Length: 3\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             let mut out = Vec::new();

@@ -48,8 +48,7 @@ use crate::balancer::Balancer;
 use crate::ring::key_hash;
 use crate::server::{Accepted, Handler};
 use buf::Buf;
-use chunked::Chunked;
-use head::{Framing, ResponseHead};
+use head::{BodyProgress, Framing, ResponseHead};
 
 /// Largest request body the fast path buffers whole (bigger: hyper streams it).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -434,37 +433,18 @@ async fn relay(
     let backend = guard.backend();
     let body = &response[head.head_len..];
     let mut reusable = head.reusable;
-    let mut left = 0u64;
-    let mut chunks = Chunked::default();
+    let mut progress = BodyProgress::new(head.framing);
     // The head and the body bytes that came with it go out in one write.
-    let first = match head.framing {
-        Framing::Empty => 0,
-        Framing::Length(n) => {
-            let take = body.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            left = n - take as u64;
-            take
-        }
-        Framing::Chunked => match chunks.feed(body) {
-            Ok(k) => k,
-            Err(e) => return body_failed(backend, &e),
-        },
-        Framing::UntilClose => body.len(),
+    let first = match progress.feed(body) {
+        Ok(n) => n,
+        Err(e) => return body_failed(backend, &e),
     };
     reusable &= first == body.len();
     out.extend_from_slice(&body[..first]);
     if client.write_all(out).await.is_err() {
         return Relayed::Close;
     }
-    loop {
-        let more = match head.framing {
-            Framing::Empty => false,
-            Framing::Length(_) => left > 0,
-            Framing::Chunked => !chunks.is_done(),
-            Framing::UntilClose => true,
-        };
-        if !more {
-            break;
-        }
+    while !progress.is_done() {
         response.clear();
         let n = match tokio::time::timeout(timeout, read_into(&mut upstream, response)).await {
             Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
@@ -476,17 +456,9 @@ async fn relay(
             Ok(Err(e)) => return body_failed(backend, &e),
             Err(_) => return body_failed(backend, &ProxyError::Timeout),
         };
-        let take = match head.framing {
-            Framing::Length(_) => {
-                let take = n.min(usize::try_from(left).unwrap_or(usize::MAX));
-                left -= take as u64;
-                take
-            }
-            Framing::Chunked => match chunks.feed(response) {
-                Ok(k) => k,
-                Err(e) => return body_failed(backend, &e),
-            },
-            _ => n,
+        let take = match progress.feed(response) {
+            Ok(k) => k,
+            Err(e) => return body_failed(backend, &e),
         };
         reusable &= take == n;
         if client.write_all(&response[..take]).await.is_err() {
