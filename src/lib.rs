@@ -52,6 +52,7 @@ pub mod healthcheck;
 pub mod pages;
 pub mod proxy;
 pub mod ring;
+pub mod select;
 pub mod server;
 pub mod shutdown;
 pub mod store;

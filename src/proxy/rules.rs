@@ -125,13 +125,28 @@ mod tests {
     fn the_fast_lookups_agree_with_the_lists() {
         // Every name of either list, and every other name of the same
         // length and first letter, is classified as the lists say.
-        let all: Vec<&str> = HOP_BY_HOP.iter().chain(FORWARDING.iter()).copied().collect();
+        let all: Vec<&str> = HOP_BY_HOP
+            .iter()
+            .chain(FORWARDING.iter())
+            .copied()
+            .collect();
         for name in &all {
-            assert_eq!(is_hop_by_hop(name.as_bytes()), HOP_BY_HOP.contains(name), "{name}");
-            assert_eq!(is_forwarding(name.as_bytes()), FORWARDING.contains(name), "{name}");
+            assert_eq!(
+                is_hop_by_hop(name.as_bytes()),
+                HOP_BY_HOP.contains(name),
+                "{name}"
+            );
+            assert_eq!(
+                is_forwarding(name.as_bytes()),
+                FORWARDING.contains(name),
+                "{name}"
+            );
             let mut near = name.as_bytes().to_vec();
             *near.last_mut().unwrap() ^= 1;
-            assert!(!is_hop_by_hop(&near) && !is_forwarding(&near), "{name} altered");
+            assert!(
+                !is_hop_by_hop(&near) && !is_forwarding(&near),
+                "{name} altered"
+            );
         }
     }
 
