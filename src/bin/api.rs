@@ -6,7 +6,8 @@
 use std::process::ExitCode;
 
 use hashgate::config::Env;
-use hashgate::{api, healthcheck, shutdown, telemetry};
+use hashgate::health::selfcheck;
+use hashgate::{api, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
@@ -15,7 +16,7 @@ fn main() -> ExitCode {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "healthcheck" => {
-                return healthcheck::main_for_port(env.port_or("PORT", 13004).unwrap_or(13004));
+                return selfcheck::main_for_port(env.port_or("PORT", 13004).unwrap_or(13004));
             }
             "--port" | "-p" => match args.next() {
                 Some(p) => env.set("PORT", p),

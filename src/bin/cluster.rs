@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use hashgate::cluster::{self, ClusterConfig};
 use hashgate::config::Env;
-use hashgate::{healthcheck, shutdown, telemetry};
+use hashgate::health::selfcheck;
+use hashgate::{shutdown, telemetry};
 
 // The launcher re-executes itself as the balancer child: same allocator as
 // the `balancer` binary (see there).
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let mut env = Env::from_process();
     if args.first().map(String::as_str) == Some("healthcheck") {
-        return healthcheck::main_for_port(env.port_or("BALANCER_PORT", 13003).unwrap_or(13003));
+        return selfcheck::main_for_port(env.port_or("BALANCER_PORT", 13003).unwrap_or(13003));
     }
     let mut balancer = true;
     let mut it = args.iter();

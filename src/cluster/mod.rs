@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, Env};
-use crate::healthcheck;
+use crate::health::selfcheck;
 use crate::shutdown::Shutdown;
 use supervise::{Event, Spec};
 
@@ -198,7 +198,7 @@ async fn announce_when_ready(config: ClusterConfig, stop: Shutdown) {
                 .filter(|&p| {
                     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
                     !matches!(
-                        healthcheck::probe(addr, "/health", healthcheck::TIMEOUT),
+                        selfcheck::probe(addr, "/health", selfcheck::TIMEOUT),
                         Ok(200)
                     )
                 })

@@ -17,7 +17,7 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 use super::chunked::{Chunked, Malformed};
-use crate::balancer::status::is_own_endpoint;
+
 use crate::proxy::rules;
 
 /// Most header lines one head may carry (hyper's limit too).
@@ -66,7 +66,7 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Request::Unusual;
     };
-    let own_page = is_own_endpoint(path.split_once('?').map_or(path, |(p, _)| p));
+    let own_page = rules::is_own_endpoint(path.split_once('?').map_or(path, |(p, _)| p));
     if !path.starts_with('/') || own_page {
         return Request::Unusual;
     }
