@@ -341,7 +341,11 @@ impl BalancerConfig {
                 .parse_opt::<usize>("MAX_CLIENT_CONNECTIONS")?
                 .map(|n| {
                     if n == 0 {
-                        Err(ConfigError::new("MAX_CLIENT_CONNECTIONS", "0", "must be at least 1"))
+                        Err(ConfigError::new(
+                            "MAX_CLIENT_CONNECTIONS",
+                            "0",
+                            "must be at least 1",
+                        ))
                     } else {
                         Ok(n)
                     }

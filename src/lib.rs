@@ -56,5 +56,5 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
-pub mod upstream;
 pub mod threads;
+pub mod upstream;

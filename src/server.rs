@@ -273,7 +273,10 @@ pub async fn serve_with<M, H>(
         let permit = match Arc::clone(&budget).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                tracing::warn!(max_connections = max, "connection budget reached: new connections wait");
+                tracing::warn!(
+                    max_connections = max,
+                    "connection budget reached: new connections wait"
+                );
                 tokio::select! {
                     biased;
                     () = shutdown.wait() => break,

@@ -102,7 +102,9 @@ impl hyper::body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let s = match &mut *self {
-            UpstreamBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Full(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
+            }
             UpstreamBody::Stream(s) => s,
         };
         if let Some(prefix) = s.prefix.take() {
@@ -119,9 +121,7 @@ impl hyper::body::Body for UpstreamBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(timer) = &mut s.timer {
-                    timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + s.idle);
+                    timer.as_mut().reset(tokio::time::Instant::now() + s.idle);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

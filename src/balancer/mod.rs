@@ -69,7 +69,11 @@ pub async fn run(
     refresh(&proxy, &discovery).await;
     let fast = FastPath::new(Arc::clone(&proxy));
     let mut background = vec![
-        tokio::spawn(discovery_loop(Arc::clone(&proxy), discovery, shutdown.clone())),
+        tokio::spawn(discovery_loop(
+            Arc::clone(&proxy),
+            discovery,
+            shutdown.clone(),
+        )),
         tokio::spawn(crate::health::checker::run(
             Arc::clone(&proxy.backends),
             proxy.config.health.clone(),
@@ -85,7 +89,10 @@ pub async fn run(
         }),
     ];
     if proxy.config.strategy.strategy == Strategy::LeastQueue {
-        background.push(tokio::spawn(queue::run(Arc::clone(&proxy), shutdown.clone())));
+        background.push(tokio::spawn(queue::run(
+            Arc::clone(&proxy),
+            shutdown.clone(),
+        )));
     }
     fast.start_parking();
 

@@ -41,12 +41,24 @@ pub async fn run(proxy: Arc<Proxy>, shutdown: Shutdown) {
 async fn poll_all(proxy: &Proxy) {
     let snapshot = proxy.backends.load();
     let path = &proxy.config.strategy.queue_path;
-    let timeout = proxy.config.health.timeout.min(proxy.config.strategy.queue_poll.max(std::time::Duration::from_millis(100)));
+    let timeout = proxy.config.health.timeout.min(
+        proxy
+            .config
+            .strategy
+            .queue_poll
+            .max(std::time::Duration::from_millis(100)),
+    );
     let mut polls = JoinSet::new();
-    for backend in snapshot.backends.iter().filter(|b| b.health.is_up()).cloned() {
+    for backend in snapshot
+        .backends
+        .iter()
+        .filter(|b| b.health.is_up())
+        .cloned()
+    {
         let path = path.clone();
         polls.spawn(async move {
-            let answer = probe::fetch(backend.addr(), backend.name(), &path, timeout, MAX_ANSWER).await;
+            let answer =
+                probe::fetch(backend.addr(), backend.name(), &path, timeout, MAX_ANSWER).await;
             let queue = match answer {
                 Ok((status, body)) if status.is_success() => parse(&body),
                 Ok((status, _)) => Err(format!("answered {status}")),
@@ -54,7 +66,9 @@ async fn poll_all(proxy: &Proxy) {
             };
             match &queue {
                 Ok(n) => tracing::debug!(backend = %backend.name(), queue = n, "queue polled"),
-                Err(e) => tracing::debug!(backend = %backend.name(), error = %e, "queue poll failed"),
+                Err(e) => {
+                    tracing::debug!(backend = %backend.name(), error = %e, "queue poll failed")
+                }
             }
             backend.load.set_queue(queue.ok());
         });
@@ -82,7 +96,11 @@ fn parse(body: &[u8]) -> Result<u64, String> {
     if let Some(n) = v.get("queue").and_then(serde_json::Value::as_u64) {
         return Ok(n);
     }
-    let len = |key: &str| v.get(key).and_then(serde_json::Value::as_array).map(Vec::len);
+    let len = |key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::len)
+    };
     match (len("queue_running"), len("queue_pending")) {
         (None, None) => Err("neither queue nor queue_running/queue_pending".to_owned()),
         (r, p) => Ok((r.unwrap_or(0) + p.unwrap_or(0)) as u64),
@@ -101,7 +119,13 @@ mod tests {
         );
         assert_eq!(parse(br#"{"queue_running":[]}"#), Ok(0));
         assert_eq!(parse(br#"{"queue": 7}"#), Ok(7));
-        for bad in [&b"nope"[..], b"{}", br#"{"queue":-1}"#, br#"{"queue":"3"}"#, b"[]"] {
+        for bad in [
+            &b"nope"[..],
+            b"{}",
+            br#"{"queue":-1}"#,
+            br#"{"queue":"3"}"#,
+            b"[]",
+        ] {
             assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }

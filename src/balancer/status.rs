@@ -204,7 +204,8 @@ impl Status {
                         .map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0),
                     last_error: check.error,
                     ejected_until: until.map(http_date),
-                    ejected_for_secs: until.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
+                    ejected_for_secs: until
+                        .map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
                     ejection_reason: reason,
                     ejections,
                     active: b.load.in_flight(),

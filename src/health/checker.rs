@@ -92,7 +92,11 @@ async fn round(backends: &Published, cfg: &HealthConfig, outlier: &OutlierConfig
             None => tracing::debug!(backend = %backend.name(), error = ?error, "health check"),
         }
         if let Some(change) = backend.outlier.check(ok, outlier) {
-            let why = if ok { "health check passed" } else { "health check failed" };
+            let why = if ok {
+                "health check passed"
+            } else {
+                "health check failed"
+            };
             crate::proxy::report::log_change(&backend, &change, why);
         }
     }

@@ -63,7 +63,6 @@ impl Machine {
         }
         None
     }
-
 }
 
 /// A change of verdict, as [`HealthCell::record`] reports it.

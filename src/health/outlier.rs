@@ -350,7 +350,14 @@ mod tests {
         assert_eq!(o.admit(), Admit::Yes);
         let change = fail(&o, Fault::Answer, &c);
         assert!(
-            matches!(change, Some(Change::Ejected { failures: 3, times: 1, .. })),
+            matches!(
+                change,
+                Some(Change::Ejected {
+                    failures: 3,
+                    times: 1,
+                    ..
+                })
+            ),
             "{change:?}"
         );
         assert_eq!(o.admit(), Admit::No);

@@ -71,15 +71,22 @@ pub async fn drive<T: Transport>(
     call: Call,
     transport: &mut T,
 ) -> Result<Routed<T::Response>, ProxyError> {
-    proxy.totals.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    proxy
+        .totals
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let snapshot = proxy.backends.load();
     // Computed at most once, and only when a candidate is unavailable.
     let panic = OnceLock::new();
     let in_panic = || *panic.get_or_init(|| proxy.panic_mode(&snapshot));
     let accept = |b: &Arc<Backend>| proxy.available(b) || (b.health.is_up() && in_panic());
-    let lost_probe_after = proxy.config.limits.connect_timeout + proxy.config.limits.upstream_timeout;
+    let lost_probe_after =
+        proxy.config.limits.connect_timeout + proxy.config.limits.upstream_timeout;
     let mut last = None;
-    for i in snapshot.selector.candidates(&snapshot.backends, call.key, accept) {
+    for i in snapshot
+        .selector
+        .candidates(&snapshot.backends, call.key, accept)
+    {
         let backend = &snapshot.backends[i];
         if backend.outlier.admit() == Admit::Probe && !in_panic() {
             if !backend.outlier.try_probe(lost_probe_after) {
@@ -104,6 +111,9 @@ pub async fn drive<T: Transport>(
             }
         }
     }
-    proxy.totals.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    proxy
+        .totals
+        .failed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Err(last.unwrap_or(ProxyError::NoBackend))
 }

@@ -143,7 +143,12 @@ async fn read_body(mut body: Incoming, idle: Duration) -> Result<Outgoing, Proxy
     }
     let mut whole = BytesMut::with_capacity(known.unwrap_or(0) as usize);
     loop {
-        let frame = match tokio::time::timeout(idle, std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))).await {
+        let frame = match tokio::time::timeout(
+            idle,
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
+        )
+        .await
+        {
             Err(_) => return Err(ProxyError::ClientTimeout),
             Ok(None) => return Ok(Outgoing::Whole(Some(whole.freeze()))),
             Ok(Some(Err(e))) => return Err(ProxyError::ClientBody(e.to_string())),
@@ -205,7 +210,13 @@ fn rewrite_head(
         .get(header::HOST)
         .filter(|h| !h.is_empty())
         .cloned();
-    headers::set_forwarding(&mut parts.headers, peer, client, from_trusted, host.as_ref());
+    headers::set_forwarding(
+        &mut parts.headers,
+        peer,
+        client,
+        from_trusted,
+        host.as_ref(),
+    );
     Ok(())
 }
 
@@ -222,7 +233,12 @@ struct Hyper {
 impl Hyper {
     /// The request for one attempt, and the signal that its body was sent
     /// whole (for a streamed body).
-    fn request(&mut self) -> Option<(Request<UpstreamBody>, Option<tokio::sync::oneshot::Receiver<()>>)> {
+    fn request(
+        &mut self,
+    ) -> Option<(
+        Request<UpstreamBody>,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    )> {
         let (body, sent) = match self.body.take()? {
             Outgoing::Whole(bytes) => {
                 self.body = Some(Outgoing::Whole(bytes.clone()));

@@ -60,7 +60,11 @@ fn outlier_failure(proxy: &Proxy, backend: &Backend, fault: Fault, why: &dyn std
     let may_eject = || {
         let snapshot = proxy.backends.load();
         let total = snapshot.backends.len() as u64;
-        let out = snapshot.backends.iter().filter(|b| b.outlier.is_out()).count() as u64;
+        let out = snapshot
+            .backends
+            .iter()
+            .filter(|b| b.outlier.is_out())
+            .count() as u64;
         out * 100 < u64::from(cfg.max_ejection_percent) * total
     };
     if let Some(change) = backend.outlier.failure(fault, why, cfg, may_eject) {
@@ -87,6 +91,8 @@ pub fn log_change(backend: &Backend, change: &Change, why: &str) {
             "backend ejected"
         ),
         Change::HalfOpen => tracing::info!(backend = %backend.name(), "backend half-open"),
-        Change::Restored => tracing::info!(backend = %backend.name(), reason = why, "backend restored"),
+        Change::Restored => {
+            tracing::info!(backend = %backend.name(), reason = why, "backend restored")
+        }
     }
 }

@@ -283,7 +283,11 @@ mod tests {
             (ProxyError::ClientTimeout, false, true, false),
         ];
         for (error, sent, replayable, want) in cases {
-            assert_eq!(may_retry(&error, sent, replayable), want, "{error:?} {sent} {replayable}");
+            assert_eq!(
+                may_retry(&error, sent, replayable),
+                want,
+                "{error:?} {sent} {replayable}"
+            );
         }
         assert!(is_idempotent(b"PUT", false) && !is_idempotent(b"POST", false));
         assert!(is_idempotent(b"POST", true));
@@ -298,13 +302,23 @@ mod tests {
         ));
         assert_eq!(blame(&emfile, 1), None);
         assert_eq!(blame(&ProxyError::ClientTimeout, 1), None);
-        assert_eq!(blame(&ProxyError::Timeout, 9), Some(Fault::Timeout { client: 9 }));
+        assert_eq!(
+            blame(&ProxyError::Timeout, 9),
+            Some(Fault::Timeout { client: 9 })
+        );
         assert!(status_blames(503) && !status_blames(500) && !status_blames(429));
     }
 
     #[test]
     fn own_endpoints_are_the_status_health_metrics_and_lb_paths() {
-        for p in ["/health", "/metrics", "/lb", "/lb/", "/lb/status", "/lb/backends/x/drain"] {
+        for p in [
+            "/health",
+            "/metrics",
+            "/lb",
+            "/lb/",
+            "/lb/status",
+            "/lb/backends/x/drain",
+        ] {
             assert!(is_own_endpoint(p), "{p}");
         }
         for p in ["/", "/healthz", "/lbx", "/api/lb", "/metrics/x"] {

@@ -241,7 +241,11 @@ enum Incomplete {
 }
 
 /// Reads more of a request within `deadline`.
-async fn read_until(stream: &mut TcpStream, buf: &mut Buf, deadline: Instant) -> Result<(), Incomplete> {
+async fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut Buf,
+    deadline: Instant,
+) -> Result<(), Incomplete> {
     match tokio::time::timeout_at(deadline, read_into(stream, buf)).await {
         Err(_) => Err(Incomplete::TooSlow),
         Ok(Ok(n)) if n > 0 => Ok(()),
@@ -320,7 +324,15 @@ async fn exchange(
         Ok(routed) => {
             let (upstream, head) = routed.response;
             pinned.repin(routed.guard.backend());
-            let relayed = relay(stream, upstream, head, &mut response, &mut out, &routed.guard, proxy);
+            let relayed = relay(
+                stream,
+                upstream,
+                head,
+                &mut response,
+                &mut out,
+                &routed.guard,
+                proxy,
+            );
             return match relayed.await {
                 Relayed::Done => Next::KeepAlive(carry),
                 Relayed::Close => Next::Close,
@@ -345,7 +357,14 @@ fn own_answer(error: &ProxyError, close: bool, out: &mut Vec<u8>) {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     let body = rules::answer_body(error);
-    head::own_response(status, reason, "application/json", body.as_bytes(), close, out);
+    head::own_response(
+        status,
+        reason,
+        "application/json",
+        body.as_bytes(),
+        close,
+        out,
+    );
 }
 
 /// 408 and a close: the client was too slow with its request.
@@ -356,7 +375,11 @@ async fn too_slow(stream: &mut TcpStream, out: &mut Buf) -> Next {
 }
 
 /// Writes to the client within `CLIENT_WRITE_TIMEOUT_SECS`.
-async fn write_client(stream: &mut TcpStream, bytes: &[u8], limits: &ProxyLimits) -> Result<(), ()> {
+async fn write_client(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limits: &ProxyLimits,
+) -> Result<(), ()> {
     match tokio::time::timeout(limits.client_write_timeout, stream.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
@@ -406,8 +429,8 @@ impl Transport for Fast<'_> {
                 // A pooled connection the backend closed while it sat idle
                 // fails before any byte of an answer: a fresh one is not a
                 // second attempt, as long as the request may be sent again.
-                let stale = matches!(failure.error, ProxyError::UpstreamIo(_))
-                    && self.response.is_empty();
+                let stale =
+                    matches!(failure.error, ProxyError::UpstreamIo(_)) && self.response.is_empty();
                 if reused && stale && self.idempotent {
                     upstream = connect(&backend).await?;
                     reused = false;
@@ -439,7 +462,10 @@ impl Fast<'_> {
             if !self.response.is_empty() {
                 match head::response(self.response, self.head_request, self.close, self.out) {
                     head::Response::Ready(head) if head.is_interim() => {
-                        if write_client(self.client, self.out, self.limits).await.is_err() {
+                        if write_client(self.client, self.out, self.limits)
+                            .await
+                            .is_err()
+                        {
                             return Err(Failed {
                                 error: ProxyError::ClientBody("the client went away".into()),
                                 sent: true,
@@ -513,7 +539,10 @@ async fn relay(
     }
     while !progress.is_done() {
         response.clear();
-        let read = tokio::time::timeout(limits.upstream_body_timeout, read_into(&mut upstream, response));
+        let read = tokio::time::timeout(
+            limits.upstream_body_timeout,
+            read_into(&mut upstream, response),
+        );
         let n = match read.await {
             Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
             Ok(Ok(0)) => {
@@ -529,7 +558,10 @@ async fn relay(
             Err(e) => return body_failed(guard, proxy, ProxyError::BadResponse(malformed(&e))),
         };
         reusable &= take == n;
-        if write_client(client, &response[..take], limits).await.is_err() {
+        if write_client(client, &response[..take], limits)
+            .await
+            .is_err()
+        {
             return Relayed::Close;
         }
     }
