@@ -55,6 +55,7 @@ pub async fn run(
         write_timeout: config.limits.client_write_timeout,
         grace: config.shutdown_grace,
         max_connections: config.max_client_connections,
+        head_timeout_answer: crate::proxy::h1::head_timeout_answer,
     };
     let proxy = Arc::new(Proxy::new(config, status::handle));
     tracing::info!(

@@ -39,6 +39,20 @@ pub struct Call {
 pub struct Failed {
     pub error: ProxyError,
     pub sent: bool,
+    /// It went out on a reused idle connection and failed before any byte
+    /// of an answer: most likely the backend closed that connection just
+    /// as it was reused (see [`rules::may_retry_fresh`]).
+    pub stale: bool,
+}
+
+impl Failed {
+    pub fn new(error: ProxyError, sent: bool) -> Self {
+        Failed {
+            error,
+            sent,
+            stale: false,
+        }
+    }
 }
 
 /// One transport's way of trying a request on one backend.
@@ -46,10 +60,12 @@ pub trait Transport {
     /// A response head (and whatever the transport needs to relay the rest).
     type Response: Send;
 
-    /// Tries the request on `backend`, up to the response head.
+    /// Tries the request on `backend`, up to the response head; on a new
+    /// connection when `fresh`, else on a pooled one if there is one.
     fn attempt(
         &mut self,
         backend: &Arc<Backend>,
+        fresh: bool,
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send;
 
     /// The response's status code.
@@ -96,12 +112,19 @@ pub async fn drive<T: Transport>(
         }
         let guard = UpstreamGuard::new(Arc::clone(backend), call.key);
         let started = Instant::now();
-        match transport.attempt(backend).await {
+        let mut attempt = transport.attempt(backend, false).await;
+        if let Err(f) = &attempt {
+            if rules::may_retry_fresh(f.stale, f.sent, call.replayable) {
+                tracing::debug!(backend = %backend.name(), error = %f.error, "a reused connection was closed: once more on a new one");
+                attempt = transport.attempt(backend, true).await;
+            }
+        }
+        match attempt {
             Ok(response) => {
                 report::answered(proxy, backend, T::status(&response), started.elapsed());
                 return Ok(Routed { response, guard });
             }
-            Err(Failed { error, sent }) => {
+            Err(Failed { error, sent, .. }) => {
                 report::failed(proxy, backend, &error, call.key);
                 let again = rules::may_retry(&error, sent, call.replayable);
                 last = Some(error);

@@ -263,101 +263,88 @@ impl Transport for Hyper {
     fn attempt(
         &mut self,
         backend: &Arc<Backend>,
+        fresh: bool,
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send {
         let backend = Arc::clone(backend);
         async move {
             let (upgrade, head_timeout) = (self.upgrade, self.head_timeout);
-            let prepared = self.request();
-            let body_slot = &mut self.body;
-            let Some((mut req, mut sent)) = prepared else {
+            let Some((req, sent)) = self.request() else {
                 // A streamed body already went to another backend.
-                return Err(Failed {
-                    error: ProxyError::BadRequest("request body already sent"),
-                    sent: true,
-                });
+                let gone = ProxyError::BadRequest("request body already sent");
+                return Err(Failed::new(gone, true));
             };
-            // A pooled connection may have been closed by the backend while
-            // idle; if hyper hands the request back unsent, try once more on
-            // a fresh one.
-            let mut pooled = if upgrade {
+            let pooled = if upgrade || fresh {
                 None
             } else {
                 backend.pool.checkout().await
             };
-            loop {
-                let reused = pooled.is_some();
-                let mut sender: Sender = match pooled.take() {
-                    Some(s) => s,
-                    None => match backend.pool.connect().await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            give_back(body_slot, req);
-                            return Err(Failed {
-                                error: ProxyError::Connect(e),
-                                sent: false,
-                            });
-                        }
-                    },
-                };
-                let send = sender.try_send_request(req);
-                let result = match sent.take() {
-                    // The backend's time to answer counts from the body's
-                    // last byte: a slow upload is the client's time.
-                    Some(uploaded) => {
-                        tokio::pin!(send);
-                        tokio::select! {
-                            r = &mut send => Ok(r),
-                            _ = uploaded => tokio::time::timeout(head_timeout, send).await,
-                        }
+            let reused = pooled.is_some();
+            let mut sender: Sender = match pooled {
+                Some(s) => s,
+                None => match backend.pool.connect().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        give_back(&mut self.body, req);
+                        return Err(Failed::new(ProxyError::Connect(e), false));
                     }
-                    None => tokio::time::timeout(head_timeout, send).await,
-                };
-                match result {
-                    Err(_) => {
-                        return Err(Failed {
-                            error: ProxyError::Timeout,
-                            sent: true,
-                        });
+                },
+            };
+            let send = sender.try_send_request(req);
+            let result = match sent {
+                // The backend's time to answer counts from the body's last
+                // byte: a slow upload is the client's time.
+                Some(uploaded) => {
+                    tokio::pin!(send);
+                    tokio::select! {
+                        r = &mut send => Ok(r),
+                        _ = uploaded => tokio::time::timeout(head_timeout, send).await,
                     }
-                    Ok(Ok(mut resp)) => {
-                        let switching = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
-                        // A chunked body's length is its chunking: a
-                        // Content-Length beside it must go (RFC 9112 §6.3).
-                        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
-                            resp.headers_mut().remove(header::CONTENT_LENGTH);
-                        }
-                        headers::strip_hop_by_hop(resp.headers_mut(), switching);
-                        let keep = (!upgrade).then_some(sender);
-                        return Ok((resp, keep));
+                }
+                None => tokio::time::timeout(head_timeout, send).await,
+            };
+            match result {
+                Err(_) => Err(Failed::new(ProxyError::Timeout, true)),
+                Ok(Ok(mut resp)) => {
+                    let switching = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
+                    // A chunked body's length is its chunking: a
+                    // Content-Length beside it must go (RFC 9112 §6.3).
+                    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+                        resp.headers_mut().remove(header::CONTENT_LENGTH);
                     }
-                    // The client's own body broke or stalled: not the
-                    // backend's fault, and the body is gone.
-                    Ok(Err(e)) if e.error().is_user() => {
-                        let stalled = std::error::Error::source(e.error())
-                            .is_some_and(|s| s.downcast_ref::<ClientStalled>().is_some());
-                        let error = if stalled {
-                            ProxyError::ClientTimeout
-                        } else {
-                            ProxyError::ClientBody(e.into_error().to_string())
-                        };
-                        return Err(Failed { error, sent: true });
+                    headers::strip_hop_by_hop(resp.headers_mut(), switching);
+                    // We answer in our own version (RFC 9110 §6.2), as the
+                    // fast path does, whatever the backend spoke.
+                    *resp.version_mut() = Version::HTTP_11;
+                    let keep = (!upgrade).then_some(sender);
+                    Ok((resp, keep))
+                }
+                // The client's own body broke or stalled: not the backend's
+                // fault, and the body is gone.
+                Ok(Err(e)) if e.error().is_user() => {
+                    let stalled = std::error::Error::source(e.error())
+                        .is_some_and(|s| s.downcast_ref::<ClientStalled>().is_some());
+                    let error = if stalled {
+                        ProxyError::ClientTimeout
+                    } else {
+                        ProxyError::ClientBody(e.into_error().to_string())
+                    };
+                    Err(Failed::new(error, true))
+                }
+                Ok(Err(mut e)) => {
+                    // Handed back unsent: the connection was closed before
+                    // the request went out (safe to send anywhere).
+                    let unsent = e.take_message();
+                    let sent = unsent.is_none();
+                    if let Some(unsent) = unsent {
+                        give_back(&mut self.body, unsent);
                     }
-                    Ok(Err(mut e)) => match e.take_message() {
-                        Some(unsent) if reused => req = unsent,
-                        Some(unsent) => {
-                            give_back(body_slot, unsent);
-                            return Err(Failed {
-                                error: ProxyError::Upstream(e.into_error()),
-                                sent: false,
-                            });
-                        }
-                        None => {
-                            return Err(Failed {
-                                error: ProxyError::Upstream(e.into_error()),
-                                sent: true,
-                            });
-                        }
-                    },
+                    let error = e.into_error();
+                    let stale = reused && (!sent || error.is_incomplete_message());
+                    Err(Failed {
+                        error: ProxyError::Upstream(error),
+                        sent,
+                        stale,
+                    })
                 }
             }
         }

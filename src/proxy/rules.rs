@@ -17,6 +17,8 @@
 //!   on both paths), never after a timeout (another try would double the
 //!   wait, and the backend may still be working on it), never after the
 //!   client's own body broke.
+//!   A failure on a reused idle connection before any answer goes once
+//!   more to the same backend on a new connection ([`may_retry_fresh`]).
 //! - **Blame** ([`blame`], [`status_blames`]): which failures count against
 //!   a backend in outlier detection; a client's slowness or a local
 //!   resource shortage never does.
@@ -57,15 +59,16 @@ use crate::health::outlier::Fault;
 
 /// The hop-by-hop headers every proxy drops in both directions (RFC 9110
 /// §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`), in lower
-/// case. `Upgrade` passes only in a tunnel's handshake.
-pub const HOP_BY_HOP: [&str; 9] = [
+/// case. `Upgrade` passes only in a tunnel's handshake. `Trailer` is not
+/// one (RFC 2616 listed it; RFC 9110 does not): it announces the trailer
+/// fields of a chunked body, which travel end to end.
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
@@ -83,7 +86,6 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         (18, Some(b'p')) => b"proxy-authenticate",
         (19, Some(b'p')) => b"proxy-authorization",
         (2, Some(b't')) => b"te",
-        (7, Some(b't')) => b"trailer",
         (17, Some(b't')) => b"transfer-encoding",
         (7, Some(b'u')) => b"upgrade",
         _ => return false,
@@ -167,6 +169,16 @@ pub fn may_retry(error: &ProxyError, sent: bool, replayable: bool) -> bool {
         | ProxyError::ClientBody(_)
         | ProxyError::ClientTimeout => false,
     }
+}
+
+/// Whether an attempt that failed on a reused idle connection before any
+/// byte of an answer (`stale`) goes once more to the same backend, on a new
+/// connection, without counting against it: a keep-alive connection the
+/// backend closed just as it was reused is a race, not a failure (nginx and
+/// HAProxy retry it too). Only when nothing was sent, or the request may be
+/// sent again anyway.
+pub fn may_retry_fresh(stale: bool, sent: bool, replayable: bool) -> bool {
+    stale && (!sent || replayable)
 }
 
 /// What a failure says about the backend, for outlier detection: `None`

@@ -303,6 +303,7 @@ async fn exchange(
     input.drain(..end);
     let carry = (!input.is_empty()).then_some(input);
     let close = head.close || draining;
+    let te_trailers = head.te_trailers;
 
     let mut response = Buf::take();
     let mut out = Buf::take();
@@ -311,7 +312,6 @@ async fn exchange(
         request: &request,
         head_request: request.starts_with(b"HEAD "),
         close,
-        idempotent: head.idempotent,
         client: &mut *stream,
         response: &mut response,
         out: &mut out,
@@ -328,6 +328,7 @@ async fn exchange(
                 stream,
                 upstream,
                 head,
+                te_trailers,
                 &mut response,
                 &mut out,
                 &routed.guard,
@@ -367,6 +368,14 @@ fn own_answer(error: &ProxyError, close: bool, out: &mut Vec<u8>) {
     );
 }
 
+/// The 408 a client too slow with its request head gets, on either path
+/// (the accept loop sends it on connections hyper serves).
+pub fn head_timeout_answer() -> Vec<u8> {
+    let mut out = Vec::new();
+    own_answer(&ProxyError::ClientTimeout, true, &mut out);
+    out
+}
+
 /// 408 and a close: the client was too slow with its request.
 async fn too_slow(stream: &mut TcpStream, out: &mut Buf) -> Next {
     own_answer(&ProxyError::ClientTimeout, true, out);
@@ -394,7 +403,6 @@ struct Fast<'a> {
     request: &'a [u8],
     head_request: bool,
     close: bool,
-    idempotent: bool,
     client: &'a mut TcpStream,
     response: &'a mut Buf,
     out: &'a mut Buf,
@@ -406,38 +414,32 @@ impl Transport for Fast<'_> {
     fn attempt(
         &mut self,
         backend: &Arc<Backend>,
+        fresh: bool,
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send {
         let backend = Arc::clone(backend);
         async move {
-            let pool = &backend.pool;
-            let (mut upstream, mut reused) = match pool.checkout_raw() {
-                Some(s) => (s, true),
-                None => (connect(&backend).await?, false),
+            let pooled = if fresh {
+                None
+            } else {
+                backend.pool.checkout_raw()
             };
-            loop {
-                self.response.clear();
-                let failure = match upstream.write_all(self.request).await {
-                    Ok(()) => match self.read_head(&mut upstream).await {
-                        Ok(head) => return Ok((upstream, head)),
-                        Err(failure) => failure,
-                    },
-                    Err(e) => Failed {
-                        error: ProxyError::UpstreamIo(e),
-                        sent: true,
-                    },
-                };
-                // A pooled connection the backend closed while it sat idle
-                // fails before any byte of an answer: a fresh one is not a
-                // second attempt, as long as the request may be sent again.
-                let stale =
-                    matches!(failure.error, ProxyError::UpstreamIo(_)) && self.response.is_empty();
-                if reused && stale && self.idempotent {
-                    upstream = connect(&backend).await?;
-                    reused = false;
-                    continue;
-                }
-                return Err(failure);
-            }
+            let reused = pooled.is_some();
+            let mut upstream = match pooled {
+                Some(s) => s,
+                None => connect(&backend).await?,
+            };
+            self.response.clear();
+            let mut failure = match upstream.write_all(self.request).await {
+                Ok(()) => match self.read_head(&mut upstream).await {
+                    Ok(head) => return Ok((upstream, head)),
+                    Err(failure) => failure,
+                },
+                Err(e) => Failed::new(ProxyError::UpstreamIo(e), true),
+            };
+            failure.stale = reused
+                && matches!(failure.error, ProxyError::UpstreamIo(_))
+                && self.response.is_empty();
+            Err(failure)
         }
     }
 
@@ -447,17 +449,18 @@ impl Transport for Fast<'_> {
 }
 
 async fn connect(backend: &Backend) -> Result<TcpStream, Failed> {
-    backend.pool.connect_raw().await.map_err(|e| Failed {
-        error: ProxyError::Connect(e),
-        sent: false,
-    })
+    backend
+        .pool
+        .connect_raw()
+        .await
+        .map_err(|e| Failed::new(ProxyError::Connect(e), false))
 }
 
 impl Fast<'_> {
     /// Reads up to the final response head, passing interim (1xx) ones on.
     async fn read_head(&mut self, upstream: &mut TcpStream) -> Result<ResponseHead, Failed> {
         let deadline = Instant::now() + self.limits.upstream_timeout;
-        let backend_failed = |error| Failed { error, sent: true };
+        let backend_failed = |error| Failed::new(error, true);
         loop {
             if !self.response.is_empty() {
                 match head::response(self.response, self.head_request, self.close, self.out) {
@@ -466,10 +469,8 @@ impl Fast<'_> {
                             .await
                             .is_err()
                         {
-                            return Err(Failed {
-                                error: ProxyError::ClientBody("the client went away".into()),
-                                sent: true,
-                            });
+                            let gone = ProxyError::ClientBody("the client went away".into());
+                            return Err(Failed::new(gone, true));
                         }
                         self.response.drain(..head.head_len);
                         continue;
@@ -513,10 +514,12 @@ enum Relayed {
 /// Sends the response whose head `response` starts with (already rewritten
 /// into `out`) and its body; returns the backend connection to the pool when
 /// the exchange completed cleanly.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut TcpStream,
     mut upstream: TcpStream,
     head: ResponseHead,
+    te_trailers: bool,
     response: &mut Buf,
     out: &mut Buf,
     guard: &UpstreamGuard,
@@ -526,14 +529,15 @@ async fn relay(
     let backend = guard.backend();
     let body = &response[head.head_len..];
     let mut reusable = head.reusable;
-    let mut progress = BodyProgress::new(head.framing);
+    let mut progress = BodyProgress::new(head.framing, te_trailers);
     // The head and the body bytes that came with it go out in one write.
-    let first = match progress.feed(body) {
-        Ok(n) => n,
+    let fed = match progress.feed(body) {
+        Ok(fed) => fed,
         Err(e) => return body_failed(guard, proxy, ProxyError::BadResponse(malformed(&e))),
     };
-    reusable &= first == body.len();
-    out.extend_from_slice(&body[..first]);
+    reusable &= fed.used == body.len();
+    out.extend_from_slice(&body[..fed.pass]);
+    out.extend_from_slice(fed.tail);
     if write_client(client, out, limits).await.is_err() {
         return Relayed::Close;
     }
@@ -553,15 +557,18 @@ async fn relay(
             Ok(Err(e)) => return body_failed(guard, proxy, ProxyError::UpstreamIo(e)),
             Err(_) => return body_failed(guard, proxy, ProxyError::Timeout),
         };
-        let take = match progress.feed(response) {
-            Ok(k) => k,
+        let fed = match progress.feed(response) {
+            Ok(fed) => fed,
             Err(e) => return body_failed(guard, proxy, ProxyError::BadResponse(malformed(&e))),
         };
-        reusable &= take == n;
-        if write_client(client, &response[..take], limits)
+        reusable &= fed.used == n;
+        if write_client(client, &response[..fed.pass], limits)
             .await
             .is_err()
         {
+            return Relayed::Close;
+        }
+        if !fed.tail.is_empty() && write_client(client, fed.tail, limits).await.is_err() {
             return Relayed::Close;
         }
     }

@@ -35,6 +35,9 @@ use tokio_io_timeout::TimeoutStream;
 
 use crate::shutdown::Shutdown;
 use crate::threads;
+use head_clock::HeadClock;
+
+mod head_clock;
 
 /// Client-facing limits of one listener.
 #[derive(Debug, Clone)]
@@ -53,6 +56,13 @@ pub struct ServeOptions {
     /// Open client connections at most; `None`: sized from the
     /// file-descriptor limit ([`connection_budget`]).
     pub max_connections: Option<usize>,
+    /// The answer a client too slow with its request head gets.
+    pub head_timeout_answer: fn() -> Vec<u8>,
+}
+
+/// A plain 408, for listeners that bring no answer of their own.
+fn plain_408() -> Vec<u8> {
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
 }
 
 impl Default for ServeOptions {
@@ -64,6 +74,7 @@ impl Default for ServeOptions {
             write_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(30),
             max_connections: None,
+            head_timeout_answer: plain_408,
         }
     }
 }
@@ -145,6 +156,9 @@ pub struct Accepted {
 struct Http {
     builder: auto::Builder<TokioExecutor>,
     write_timeout: Duration,
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    head_timeout_answer: fn() -> Vec<u8>,
 }
 
 /// An accepted connection without its socket and peer address: its place
@@ -216,7 +230,13 @@ impl Accepted {
         } = self;
         // A client that stops reading our answer fails the write after
         // `write_timeout`, which ends the connection (and frees its backend).
-        let mut io = TimeoutStream::new(Prefixed::new(read, stream));
+        let io = HeadClock::new(
+            Prefixed::new(read, stream),
+            http.header_timeout,
+            http.max_header_bytes,
+            http.head_timeout_answer,
+        );
+        let mut io = TimeoutStream::new(io);
         io.set_write_timeout(Some(http.write_timeout));
         let io = TokioIo::new(Box::pin(io));
         let conn = http.builder.serve_connection_with_upgrades(io, service);
@@ -259,6 +279,9 @@ pub async fn serve_with<M, H>(
     let http = Arc::new(Http {
         builder,
         write_timeout: opts.write_timeout,
+        header_timeout: opts.header_timeout,
+        max_header_bytes: opts.max_header_bytes,
+        head_timeout_answer: opts.head_timeout_answer,
     });
     let graceful = GracefulShutdown::new();
     let workers = threads::installed();
