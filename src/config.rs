@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::backend::BackendSpec;
+pub use crate::health::outlier::OutlierConfig;
 use crate::select::{SelectOptions, Strategy};
 
 /// A bad configuration value: which variable, what it held, what was wrong.
@@ -245,36 +246,6 @@ pub struct StrategyConfig {
     pub queue_path: String,
     /// `QUEUE_POLL_MS`: how often least-queue polls it.
     pub queue_poll: Duration,
-}
-
-/// Outlier detection (Envoy's model) and the panic threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutlierConfig {
-    /// `OUTLIER_CONSECUTIVE_FAILURES`: gateway failures in a row that eject.
-    pub consecutive_failures: u32,
-    /// `OUTLIER_BASE_EJECTION_SECS`: the first ejection's length; the n-th
-    /// lasts n times as long.
-    pub base_ejection: Duration,
-    /// `OUTLIER_MAX_EJECTION_SECS`: the longest an ejection lasts.
-    pub max_ejection: Duration,
-    /// `OUTLIER_MAX_EJECTION_PERCENT`: at most this share of the backends
-    /// is ejected at once.
-    pub max_ejection_percent: u32,
-    /// `PANIC_THRESHOLD_PERCENT`: below this share of backends available,
-    /// route over all of them rather than answer 503.
-    pub panic_threshold_percent: u32,
-}
-
-impl Default for OutlierConfig {
-    fn default() -> Self {
-        OutlierConfig {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(30),
-            max_ejection: Duration::from_secs(300),
-            max_ejection_percent: 50,
-            panic_threshold_percent: 50,
-        }
-    }
 }
 
 /// Everything the balancer needs, parsed and checked.

@@ -44,6 +44,7 @@
 pub mod api;
 pub mod backend;
 pub mod balancer;
+pub mod chunked;
 pub mod cluster;
 pub mod config;
 pub mod discovery;

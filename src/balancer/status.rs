@@ -16,7 +16,7 @@ use crate::health::outlier::View;
 use crate::pages;
 use crate::proxy::Proxy;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::json_response;
+use crate::proxy::body::json_response;
 
 /// Answers the balancer's own paths (plugged into the request path as its
 /// [`Pages`](crate::proxy::Pages)).

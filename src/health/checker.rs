@@ -97,7 +97,7 @@ async fn round(backends: &Published, cfg: &HealthConfig, outlier: &OutlierConfig
             } else {
                 "health check failed"
             };
-            crate::proxy::report::log_change(&backend, &change, why);
+            change.log(backend.name(), why);
         }
     }
 }

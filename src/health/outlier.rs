@@ -30,7 +30,35 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::OutlierConfig;
+/// Outlier detection (Envoy's model) and the panic threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// `OUTLIER_CONSECUTIVE_FAILURES`: gateway failures in a row that eject.
+    pub consecutive_failures: u32,
+    /// `OUTLIER_BASE_EJECTION_SECS`: the first ejection's length; the n-th
+    /// lasts n times as long.
+    pub base_ejection: Duration,
+    /// `OUTLIER_MAX_EJECTION_SECS`: the longest an ejection lasts.
+    pub max_ejection: Duration,
+    /// `OUTLIER_MAX_EJECTION_PERCENT`: at most this share of the backends
+    /// is ejected at once.
+    pub max_ejection_percent: u32,
+    /// `PANIC_THRESHOLD_PERCENT`: below this share of backends available,
+    /// route over all of them rather than answer 503.
+    pub panic_threshold_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            panic_threshold_percent: 50,
+        }
+    }
+}
 
 const HEALTHY: u8 = 0;
 const EJECTED: u8 = 1;
@@ -70,6 +98,28 @@ pub enum Change {
     },
     HalfOpen,
     Restored,
+}
+
+impl Change {
+    /// One line per outlier state change of backend `name`.
+    pub fn log(&self, name: &str, why: &str) {
+        match self {
+            Change::Ejected {
+                for_,
+                failures,
+                times,
+            } => tracing::warn!(
+                backend = %name,
+                for_secs = for_.as_secs_f64(),
+                failures,
+                ejections = times,
+                last_failure = why,
+                "backend ejected"
+            ),
+            Change::HalfOpen => tracing::info!(backend = %name, "backend half-open"),
+            Change::Restored => tracing::info!(backend = %name, reason = why, "backend restored"),
+        }
+    }
 }
 
 /// What the status page shows.

@@ -18,13 +18,46 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
 use tokio::time::Sleep;
 
 use super::Proxy;
 use super::error::ProxyError;
-use super::report;
+use super::{report, rules};
 use crate::backend::Backend;
 use crate::upstream::Sender;
+
+/// The balancer's answer to a failure ([`rules::answer`]); the error itself
+/// goes to the log, at debug.
+pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let (status, _) = rules::answer(error);
+    tracing::debug!(status, error = %error, "request failed");
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = json_bytes(status, rules::answer_body(error));
+    if matches!(error, ProxyError::ClientTimeout | ProxyError::ClientBody(_)) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A JSON response of our own.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    json_bytes(status, value.to_string())
+}
+
+fn json_bytes(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
 
 /// Counts one request in flight on a backend for as long as it lives.
 #[derive(Debug)]

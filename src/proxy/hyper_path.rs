@@ -69,7 +69,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
                     conn.repin(&backend);
                     resp
                 }
-                Err(e) => e.into_response(),
+                Err(e) => super::body::error_response(&e),
             };
             Ok(resp)
         })

@@ -23,7 +23,7 @@ pub fn answered(proxy: &Proxy, backend: &Backend, status: u16, took: Duration) {
         let why = format!("answered {status}");
         outlier_failure(proxy, backend, Fault::Answer, &why);
     } else if let Some(change) = backend.outlier.success() {
-        log_change(backend, &change, "a request succeeded");
+        change.log(backend.name(), "a request succeeded");
     }
 }
 
@@ -71,28 +71,6 @@ fn outlier_failure(proxy: &Proxy, backend: &Backend, fault: Fault, why: &dyn std
         if matches!(change, Change::Ejected { .. }) {
             backend.pool.clear();
         }
-        log_change(backend, &change, &why.to_string());
-    }
-}
-
-/// One line per outlier state change.
-pub fn log_change(backend: &Backend, change: &Change, why: &str) {
-    match change {
-        Change::Ejected {
-            for_,
-            failures,
-            times,
-        } => tracing::warn!(
-            backend = %backend.name(),
-            for_secs = for_.as_secs_f64(),
-            failures,
-            ejections = times,
-            last_failure = why,
-            "backend ejected"
-        ),
-        Change::HalfOpen => tracing::info!(backend = %backend.name(), "backend half-open"),
-        Change::Restored => {
-            tracing::info!(backend = %backend.name(), reason = why, "backend restored")
-        }
+        change.log(backend.name(), &why.to_string());
     }
 }

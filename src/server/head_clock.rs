@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::proxy::h1::chunked::Chunked;
+use crate::chunked::Chunked;
 
 /// Where the byte stream is.
 enum Phase {

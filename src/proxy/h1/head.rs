@@ -16,7 +16,7 @@ use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
-use super::chunked::{Chunked, Malformed};
+use crate::chunked::{Chunked, Malformed};
 
 use crate::proxy::rules;
 

@@ -25,8 +25,9 @@
 //! `UPSTREAM_BODY_TIMEOUT_SECS`.
 
 mod buf;
-pub mod chunked;
 pub mod head;
+/// The chunked-body scanner (shared with the accept loop's head clock).
+pub use crate::chunked;
 mod idle;
 mod park;
 
