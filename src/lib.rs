@@ -3,33 +3,43 @@
 //!
 //! # Map
 //!
+//! A request travels down this picture, never back up:
+//!
 //! ```text
-//!  client ──► server (accept loop, limits, drain)
+//!  client ──► server (accept loop: budget, head clock, write deadline, drain)
 //!               │
 //!               ▼
-//!            proxy ── client_ip (peer / trusted X-Forwarded-For) ──► ring::key_hash
-//!               │                                                        │
-//!               │   balancer::Pool snapshot (ArcSwap): backends + ring ◄─┘
-//!               │        ▲                          ▲
-//!               │   discovery loop            health loop (probe + rise/fall)
-//!               │   (static / dns / range)    passive failures wake it
-//!               ▼
-//!            upstream::ConnPool (keep-alive HTTP/1.1 per backend) ──► backend
+//!            proxy::h1 (fast path) ─┬─► proxy::driver ──► select (strategy's candidates)
+//!            proxy::hyper_path ─────┘        │    └─────► proxy::rules (retry, blame, answers)
+//!                                            ▼
+//!                      attempt via upstream::ConnPool ──► backend
+//!                                            │
+//!                      proxy::report ──► Backend: load, outlier state, counters
+//!
+//!  balancer (wiring): discovery loop ──► backend::Published (ArcSwap snapshot)
+//!                     health::checker ──► HealthCell + outlier (a pass can end an ejection)
+//!                     least-queue poller ──► Load::set_queue
 //! ```
 //!
 //! - [`config`]: typed configuration, parsed once; bad values name their variable.
 //! - [`ring`]: the Maglev consistent-hash table and each key's fallback order.
-//! - [`backend`]: a backend's identity, health cell, counters and pool.
+//! - [`select`]: the selection seam: every strategy, for the balancer and the
+//!   gateway alike, and the load figures they read.
+//! - [`backend`]: a backend's identity, health, outlier state, load, counters
+//!   and pool; the published snapshot of the set.
 //! - [`discovery`]: where backends come from (static list, DNS, port range).
-//! - [`health`]: rise/fall state machine, HTTP probe, checking loop.
+//! - [`health`]: active checks (rise/fall machine, probe, loop), outlier
+//!   detection, and the `<binary> healthcheck` probe for containers.
 //! - [`pages`]: what the `/lb` and `/status.html` pages share (number formats).
-//! - [`healthcheck`]: the blocking `<binary> healthcheck` probe for containers.
-//! - [`upstream`]: pooled keep-alive connections to one backend.
-//! - [`proxy`]: the request path: pick, forward, fail over, map errors;
-//!   [`proxy::h1`] is the HTTP/1.1 fast path that serves the common request
-//!   without hyper and hands every other connection to hyper's path;
-//!   [`proxy::rules`] holds the header rules both paths obey.
-//! - [`balancer`]: wiring, own endpoints (`/health`, `/lb`, `/lb/status`).
+//! - [`upstream`]: pooled keep-alive connections to one backend, and the
+//!   request body sent on them.
+//! - [`chunked`]: the chunked-body scanner both request paths and the accept
+//!   loop use.
+//! - [`proxy`]: the request path: the shared state ([`proxy::Proxy`]), the
+//!   one driver, the rules, the outcome reports, and the two transports
+//!   ([`proxy::h1`], the HTTP/1.1 fast path, and [`proxy::hyper_path`]).
+//! - [`balancer`]: wiring, background loops, own endpoints (`/health`, `/lb`,
+//!   `/lb/status`).
 //! - [`api`]: an API instance (axum router, worker registry, `/health`,
 //!   `/status.html`), served through the same accept loop.
 //! - [`store`]: the database seam: one `Store` over MySQL or embedded SQLite,
@@ -38,7 +48,7 @@
 //!   the instances and the balancer as child processes of itself.
 //! - [`server`], [`shutdown`], [`telemetry`]: the accept loop, the one
 //!   shutdown path and logging, shared by every binary.
-//! - [`workers`]: the balancer's per-core connection threads, each a
+//! - [`threads`]: the balancer's per-core connection threads, each a
 //!   single-threaded event loop that also owns its upstream connections.
 
 pub mod api;

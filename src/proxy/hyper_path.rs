@@ -7,7 +7,7 @@
 //! its body is read whole when it fits [`rules::REPLAY_BODY_MAX`] (as the
 //! fast path does), so it can be sent again after a failure, and streamed
 //! otherwise, with `CLIENT_BODY_TIMEOUT_SECS` between pieces. Then the
-//! [`driver`](super::driver) routes it; [`Hyper`] makes each attempt: a
+//! [`super::driver`] routes it; `Hyper` makes each attempt: a
 //! pooled or new connection, the request, and the response head within
 //! `UPSTREAM_TIMEOUT_SECS` of the request's last byte.
 

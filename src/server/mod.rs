@@ -87,7 +87,7 @@ fn fd_reserve(limit: u64) -> u64 {
 }
 
 /// How many client connections fit the process's file-descriptor limit:
-/// each may need a second descriptor for its backend, and [`fd_reserve`]
+/// each may need a second descriptor for its backend, and `fd_reserve`
 /// stays free, so local pressure never starves an upstream connect or a
 /// health check. Raises the soft limit to the hard limit first (the
 /// default soft limit of 1,024 is a relic; nginx's `worker_rlimit_nofile`

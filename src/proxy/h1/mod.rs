@@ -15,8 +15,8 @@
 //! upgrades, `Expect`, chunked or large request bodies, HTTP/1.0 and h2c,
 //! malformed heads, the balancer's own pages) hands the connection, with the
 //! bytes already read, to hyper ([`super::hyper_path`]) for the rest of its
-//! life. Routing is the [driver](super::driver)'s, the same for both paths:
-//! this module only makes attempts ([`Fast`]) and relays the answer. Its
+//! life. Routing is the driver's ([`super::driver`]), the same for both paths:
+//! this module only makes attempts (`Fast`) and relays the answer. Its
 //! deadlines are the shared timeout model's (`config::ProxyLimits`): the
 //! whole head within `CLIENT_HEADER_TIMEOUT_SECS` and the body's pauses
 //! within `CLIENT_BODY_TIMEOUT_SECS` (else 408 and a close: the client's
