@@ -202,10 +202,14 @@ start_candidate() {
             bg "$RUN/$name.log" "$cpus" \
                 nginx -p "$RUN" -c "$RUN/nginx-lb.conf" -e "$RUN/lb-error.log" -g 'daemon off;'
             ;;
-        hashgate)
+        hashgate | hashgateprev)
+            # hashgateprev-N: another build of the balancer (HASHGATE_PREV_BIN),
+            # to measure a change against the commit before it, interleaved.
+            local bin=$ROOT/target/release/balancer
+            [[ $kind == hashgateprev ]] && bin=${HASHGATE_PREV_BIN:?set HASHGATE_PREV_BIN to a balancer binary}
             bg "$RUN/$name.log" "$cpus" env RUST_LOG=warn BALANCER_HOST=127.0.0.1 \
                 BALANCER_PORT="$LB_PORT" BACKEND_HOSTS="$(backend_list)" \
-                HEALTH_INTERVAL_SECS=30 WORKER_THREADS="$n" "$ROOT/target/release/balancer"
+                HEALTH_INTERVAL_SECS=30 WORKER_THREADS="$n" "$bin"
             ;;
         *) die "unknown candidate $name" ;;
     esac

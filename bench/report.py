@@ -13,7 +13,10 @@ import statistics
 import subprocess
 from collections import defaultdict
 
-ORDER = ["direct", "haproxy-1", "haproxy-2", "nginx-1", "nginx-2", "hashgate-1", "hashgate-2"]
+ORDER = [
+    "direct", "haproxy-1", "haproxy-2", "nginx-1", "nginx-2",
+    "hashgateprev-1", "hashgate-1", "hashgateprev-2", "hashgate-2",
+]
 LABEL = {
     "direct": "direct (wrk -> backend)",
     "haproxy-1": "HAProxy, nbthread 1",
@@ -22,6 +25,8 @@ LABEL = {
     "nginx-2": "nginx, 2 workers",
     "hashgate-1": "hashgate, 1 thread",
     "hashgate-2": "hashgate, 2 threads",
+    "hashgateprev-1": "hashgate (HASHGATE_PREV_BIN), 1 thread",
+    "hashgateprev-2": "hashgate (HASHGATE_PREV_BIN), 2 threads",
 }
 
 

@@ -6,7 +6,9 @@
 #
 # Environment overrides: ROUNDS, DURATION, WARMUP (seconds), IDLE_CONNS,
 # WS_TUNNELS, WS_MESSAGES, CANDIDATES (space list, from: direct haproxy-1
-# haproxy-2 nginx-1 nginx-2 hashgate-1 hashgate-2), PHASES (subset of
+# haproxy-2 nginx-1 nginx-2 hashgate-1 hashgate-2, and hashgateprev-1/-2: the
+# balancer binary HASHGATE_PREV_BIN, e.g. a build of the previous commit,
+# to measure a change side by side), PHASES (subset of
 # "http idle ws"), STATUS_PORT (13009), GEN_CPUS / BACKEND_CPUS / LB1_CPUS /
 # LB2_CPUS (CPU lists for taskset: 1 / 0 / 0 / 0,1; empty = not pinned).
 #
