@@ -23,17 +23,29 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 use super::{DbTarget, Store, StoreError};
 
 fn migrator(dialect: &str) -> Migrator {
-    let sql = match dialect {
-        "mysql" => include_str!("../../migrations/mysql/0001_workers.sql"),
-        _ => include_str!("../../migrations/sqlite/0001_workers.sql"),
+    let (workers, gateway) = match dialect {
+        "mysql" => (
+            include_str!("../../migrations/mysql/0001_workers.sql"),
+            include_str!("../../migrations/mysql/0002_gateway.sql"),
+        ),
+        _ => (
+            include_str!("../../migrations/sqlite/0001_workers.sql"),
+            include_str!("../../migrations/sqlite/0002_gateway.sql"),
+        ),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "workers".into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    let migration = |version: i64, name: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "workers", workers),
+        migration(2, "gateway", gateway),
+    ])
 }
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
