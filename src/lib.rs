@@ -47,6 +47,7 @@ pub mod balancer;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod gateway;
 pub mod health;
 pub mod healthcheck;
 pub mod pages;

@@ -48,8 +48,7 @@ where
     }
 }
 
-const COLUMNS: &str =
-    "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys";
+const COLUMNS: &str = "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys";
 
 /// Why a key could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +138,9 @@ impl Store {
             None => match name_or_id.parse::<i64>() {
                 Ok(id) => {
                     let fut = async {
-                        on_pool!(self, |p| sqlx::query_as::<_, ApiKey>(
-                            sqlx::AssertSqlSafe(format!("{COLUMNS} WHERE id = ?"))
-                        )
+                        on_pool!(self, |p| sqlx::query_as::<_, ApiKey>(sqlx::AssertSqlSafe(
+                            format!("{COLUMNS} WHERE id = ?")
+                        ))
                         .bind(id)
                         .fetch_optional(p)
                         .await)

@@ -240,7 +240,11 @@ impl Store {
             ORDER BY day DESC, service_type LIMIT 1000";
         let fut = async {
             on_pool!(self, |p| {
-                let rows = sqlx::query(SQL).bind(key_id).bind(since).fetch_all(p).await?;
+                let rows = sqlx::query(SQL)
+                    .bind(key_id)
+                    .bind(since)
+                    .fetch_all(p)
+                    .await?;
                 rows.iter()
                     .map(|r| {
                         // MySQL's SUM is DECIMAL, hence the casts to SIGNED.
@@ -286,7 +290,11 @@ impl Store {
         const SQL: &str = "SELECT row_key, request_id, key_id, service_type, worker_id, status, \
             request_bytes, response_bytes, started_at, ended_at, duration_ms, cost, instance \
             FROM usage_log ORDER BY id";
-        let fut = async { on_pool!(self, |p| sqlx::query_as::<_, UsageRow>(SQL).fetch_all(p).await) };
+        let fut = async {
+            on_pool!(self, |p| sqlx::query_as::<_, UsageRow>(SQL)
+                .fetch_all(p)
+                .await)
+        };
         self.bounded(fut).await
     }
 }

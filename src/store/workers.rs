@@ -169,7 +169,8 @@ impl Store {
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<bool, StoreError> {
         let now = now_ms();
         let fut = async {
-            on_pool!(self, |p| sqlx::query(
+            on_pool!(self, |p| {
+                sqlx::query(
                 "UPDATE worker_nodes SET status = ?, \
                  current_connections = COALESCE(?, current_connections), \
                  cpu_usage = COALESCE(?, cpu_usage), memory_usage = COALESCE(?, memory_usage), \
@@ -185,7 +186,8 @@ impl Store {
             .bind(hb.worker_id)
             .execute(p)
             .await
-            .map(|r| r.rows_affected()))
+            .map(|r| r.rows_affected())
+            })
         };
         Ok(self.bounded(fut).await? > 0)
     }
