@@ -10,6 +10,7 @@
 //! need it get a 503 within the pool's acquire timeout, `/health` turns 503,
 //! and the pool reconnects by itself when the database returns.
 
+pub mod cli;
 pub mod config;
 pub mod error;
 mod gateway;
