@@ -59,4 +59,5 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod worker;
 pub mod workers;
