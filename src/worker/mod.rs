@@ -31,11 +31,67 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
+use clap::Parser;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::server::{self, ServeOptions};
 use crate::shutdown::Shutdown;
+
+/// A sample hashgate worker: registers with the gateway through the
+/// balancer, heartbeats, and serves POST /{type} with simulated work.
+#[derive(Debug, Parser)]
+#[command(name = "worker", version)]
+pub struct WorkerArgs {
+    /// Service type served at /{type} (render, parse, combo, ...).
+    #[arg(long = "type", env = "WORKER_TYPE", default_value = "render")]
+    pub service_type: String,
+    /// Port to listen on.
+    #[arg(long, env = "WORKER_PORT", value_parser = clap::value_parser!(u16).range(1..), default_value_t = 5001)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "WORKER_LISTEN_HOST", default_value = "0.0.0.0")]
+    pub listen_host: IpAddr,
+    /// Host the gateway should connect to (what registration announces).
+    #[arg(long, env = "WORKER_ADVERTISE_HOST", default_value = "127.0.0.1")]
+    pub advertise_host: String,
+    /// The master to register with: the balancer (or one API replica).
+    #[arg(long, env = "MASTER_URL", default_value = "http://127.0.0.1:13003")]
+    pub master: String,
+    /// Name shown in listings (default TYPE-PORT).
+    #[arg(long, env = "WORKER_NAME")]
+    pub name: Option<String>,
+    /// Weight for weighted round robin (1-1000).
+    #[arg(long, env = "WORKER_WEIGHT", default_value_t = 1)]
+    pub weight: u32,
+    /// Simulated work per job, ms (a request's X-Work-Ms overrides).
+    #[arg(long, env = "WORK_MS", default_value_t = 50)]
+    pub work_ms: u64,
+    /// Size of each answer, bytes (a request's X-Work-Bytes overrides).
+    #[arg(long, env = "WORK_BYTES", default_value_t = 256)]
+    pub work_bytes: usize,
+    /// Jobs worked on at once; more wait in the queue (/api/queue).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+impl WorkerArgs {
+    /// The checked configuration; the error names the flag and variable.
+    pub fn into_config(self) -> Result<WorkerConfig, String> {
+        WorkerConfig::new(
+            self.service_type,
+            self.listen_host,
+            self.port,
+            self.advertise_host,
+            &self.master,
+            self.name,
+            self.weight,
+            self.work_ms,
+            self.work_bytes,
+            self.concurrency,
+        )
+    }
+}
 
 /// A worker's settings (flags, or the environment).
 #[derive(Debug, Clone)]
