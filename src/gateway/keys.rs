@@ -116,7 +116,10 @@ pub fn bearer(header: Option<&[u8]>) -> Result<&str, AuthError> {
 #[derive(Debug, Clone)]
 struct Entry {
     key: Option<ApiKey>,
+    /// The last time the database was asked (successfully or not).
     checked: Instant,
+    /// The last time the database answered for this key.
+    confirmed: Instant,
 }
 
 /// Recent answers of the database about key digests.
@@ -146,13 +149,25 @@ impl KeyCache {
         if entries.len() >= CACHE_MAX && !entries.contains_key(&hash) {
             entries.clear();
         }
+        let now = Instant::now();
         entries.insert(
             hash,
             Entry {
                 key,
-                checked: Instant::now(),
+                checked: now,
+                confirmed: now,
             },
         );
+    }
+
+    /// The database could not be asked: do not ask again for this key
+    /// before the cache time is over (every request would wait for the
+    /// pool's acquire timeout otherwise).
+    fn postpone(&self, hash: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get_mut(hash) {
+            e.checked = Instant::now();
+        }
     }
 
     /// Checks `token` (already well-formed) against the cache or the store.
@@ -181,9 +196,11 @@ impl KeyCache {
             Err(e) => match cached {
                 Some(Entry {
                     key: Some(key),
-                    checked,
-                }) if !key.is_revoked() && checked.elapsed() < self.stale => {
+                    confirmed,
+                    ..
+                }) if !key.is_revoked() && confirmed.elapsed() < self.stale => {
                     tracing::debug!(error = %e, key = %key.prefix, "database unreachable, accepting a recently valid key");
+                    self.postpone(&hash);
                     verdict(Some(&key))
                 }
                 _ => Err(AuthError::Unavailable(e.to_string())),
