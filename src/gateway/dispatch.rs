@@ -51,7 +51,7 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 #[derive(Debug)]
 enum TryError {
     /// Nothing reached the worker; the request (and its body) came back.
-    NotSent(String, Option<Request<WorkerBody>>),
+    NotSent(String, Option<Box<Request<WorkerBody>>>),
     /// The worker may have received (part of) the request.
     Sent(String),
     /// No response head within `DISPATCH_TIMEOUT_SECS`.
@@ -534,7 +534,7 @@ async fn send(
         Err(
             e @ (ConnectError::Timeout(_) | ConnectError::Io(..) | ConnectError::Handshake(..)),
         ) => {
-            return Err(TryError::NotSent(e.to_string(), Some(req)));
+            return Err(TryError::NotSent(e.to_string(), Some(Box::new(req))));
         }
     };
     let sent = tokio::time::timeout(timeout, sender.try_send_request(req)).await;
@@ -548,7 +548,7 @@ async fn send(
                 return Err(client_error(&err));
             }
             match back {
-                Some(req) => Err(TryError::NotSent(err.to_string(), Some(req))),
+                Some(req) => Err(TryError::NotSent(err.to_string(), Some(Box::new(req)))),
                 None => Err(TryError::Sent(err.to_string())),
             }
         }

@@ -104,6 +104,8 @@ pub struct WorkerTarget {
 }
 
 impl Target for WorkerTarget {
+    /// The worker's id: stable across renames (the name is for people).
+    #[allow(clippy::misnamed_getters)]
     fn name(&self) -> &str {
         &self.key
     }
