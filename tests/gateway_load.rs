@@ -270,6 +270,19 @@ async fn usage_rows_match_the_answers_across_a_sigterm_and_a_database_stop() {
         "rows whose status differs from the answer: {differ:?}"
     );
     assert_eq!(logged.len(), seen.answered.len());
+
+    // The aggregates agree: one try per answered request here (no worker
+    // failed), in the per-minute stats and in the workers' running totals.
+    let tries = db.sql("SELECT COUNT(*) FROM kiro_api.usage_log WHERE worker_id IS NOT NULL");
+    let stats = db.sql("SELECT SUM(requests), SUM(failures) FROM kiro_api.worker_stats");
+    let totals =
+        db.sql("SELECT SUM(total_requests), MIN(avg_response_ms) > 0 FROM kiro_api.worker_nodes");
+    assert_eq!(stats.trim(), format!("{}\t0", tries.trim()), "worker_stats");
+    assert_eq!(
+        totals.trim(),
+        format!("{}\t1", tries.trim()),
+        "worker totals"
+    );
 }
 
 /// A replica killed with SIGKILL between requests has lost nothing: every

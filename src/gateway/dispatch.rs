@@ -14,7 +14,7 @@
 //!           idempotent / has Idempotency-Key and its body can be resent
 //! ```
 //!
-//! Retry rule, in one place ([`may_retry`]): a request that never reached a
+//! Retry rule, in one place (`may_retry`): a request that never reached a
 //! worker (connect refused or timed out, the pooled connection handed the
 //! request back unsent, breaker open) is always tried on another worker.
 //! Once it may have reached one, only when the method is idempotent (GET,
