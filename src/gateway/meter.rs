@@ -26,8 +26,11 @@
 //! `USAGE_BUFFER_SECS`, and then says how many in the log.
 //!
 //! The aggregates (`worker_stats`, totals, keys' `last_used_at`) are summed
-//! in memory and written every second; a kill loses at most that second of
-//! them, never a usage row.
+//! in memory and written every second, each worker's increments in one
+//! transaction (a failed write is merged back and retried); a kill loses at
+//! most that second of them, never a usage row. They are not idempotent
+//! like the rows: a commit whose acknowledgement is lost (the database dies
+//! at that instant) is counted again on retry.
 
 use std::collections::HashMap;
 use std::sync::Arc;

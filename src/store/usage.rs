@@ -176,8 +176,11 @@ impl Store {
             Pool::MySql(_) => STATS_MYSQL,
             Pool::Sqlite(_) => STATS_SQLITE,
         };
+        // One transaction: both increments or neither, so a failure
+        // between them never makes the retry count the stats twice.
         let fut = async {
             on_pool!(self, |p| {
+                let mut tx = p.begin().await?;
                 sqlx::query(sql)
                     .bind(d.worker_id)
                     .bind(d.interval_start)
@@ -185,7 +188,7 @@ impl Store {
                     .bind(d.successes)
                     .bind(d.failures)
                     .bind(mean)
-                    .execute(p)
+                    .execute(&mut *tx)
                     .await?;
                 sqlx::query(
                     "UPDATE worker_nodes SET avg_response_ms = \
@@ -198,9 +201,9 @@ impl Store {
                 .bind(d.requests)
                 .bind(d.failures)
                 .bind(d.worker_id)
-                .execute(p)
-                .await
-                .map(|_| ())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
             })
         };
         self.bounded(fut).await
