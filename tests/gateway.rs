@@ -226,6 +226,56 @@ async fn keys_and_dispatch(db: Db) {
         list.contains("alice") && list.contains("bob") && !list.contains(&key),
         "{list}"
     );
+
+    // The workers heartbeat with their real CPU and memory use and their
+    // queue; the running totals follow the dispatches.
+    let w = wait_for(
+        "a heartbeat with CPU and memory",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = json(
+                apis[1].addr,
+                "GET",
+                "/api/v1/workers?serviceType=render",
+                None,
+            )
+            .await;
+            let list = v["data"].as_array()?.clone();
+            list.iter()
+                .all(|w| {
+                    w["cpuUsage"].is_number()
+                        && w["memoryUsage"].as_f64().is_some_and(|m| m > 0.0)
+                        && w["queueLength"].is_number()
+                })
+                .then_some(list)
+        },
+    )
+    .await;
+    let totals: i64 = w
+        .iter()
+        .map(|w| w["totalRequests"].as_i64().unwrap_or(0))
+        .sum();
+    assert!(totals >= 1, "{w:?}");
+    // SIGTERM: the worker finishes and reports itself offline.
+    let id = listed_id(&w, render2.addr.port());
+    render2.signal("TERM");
+    wait_for(
+        "worker offline after SIGTERM",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = json(apis[2].addr, "GET", &format!("/api/v1/workers/{id}"), None).await;
+            (v["data"]["status"] == "offline").then_some(())
+        },
+    )
+    .await;
+    drop(render1);
+}
+
+fn listed_id(list: &[serde_json::Value], port: u16) -> i64 {
+    list.iter()
+        .find(|w| w["port"].as_u64() == Some(u64::from(port)))
+        .and_then(|w| w["id"].as_i64())
+        .expect("the worker is listed")
 }
 
 #[tokio::test]
