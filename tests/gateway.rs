@@ -585,3 +585,65 @@ async fn the_breaker_opens_stays_open_and_closes_after_a_good_probe() {
     assert!(well.received() >= 10);
     let _ = json(api.addr, "GET", "/health", None).await;
 }
+
+/// A worker that sends its head and part of its body, then stalls: cut off
+/// after `DISPATCH_TIMEOUT_SECS`, the client's answer ends early, the usage
+/// row costs nothing.
+#[tokio::test]
+async fn a_worker_stalling_mid_answer_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_d, _env, api, key) = setup(
+        "round-robin",
+        &[
+            ("DISPATCH_TIMEOUT_SECS", "1"),
+            ("GATEWAY_PRICES", "render=9"),
+        ],
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let raw = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let reg =
+        format!(r#"{{"name":"staller","host":"127.0.0.1","port":{port},"serviceType":"render"}}"#);
+    let (s, _) = json(api.addr, "POST", "/api/v1/worker/register", Some(&reg)).await;
+    assert_eq!(s, StatusCode::OK);
+    gw::wait_online(api.addr, "render", 1).await;
+    let mut c = support::Client::connect(api.addr).await.unwrap();
+    let auth = format!("Bearer {key}");
+    // Bounded so a regression fails instead of hanging; not a timing check.
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.send(
+            "POST",
+            "/api/v1/render",
+            &[("authorization", &auth), ("x-request-id", "stall-1")],
+            bytes::Bytes::from_static(b"{}"),
+        ),
+    )
+    .await
+    .expect("the gateway cuts a stalled answer off");
+    assert!(r.is_err(), "the cut answer must not look complete: {r:?}");
+    let usage = wait_for("the row", Duration::from_secs(5), || async {
+        let r = dispatch(api.addr, "GET", "/api/v1/usage", Some(&key), &[], "").await;
+        let rows = r.json()["data"]["rows"].as_array()?.clone();
+        rows.into_iter().find(|row| row["requestId"] == "stall-1")
+    })
+    .await;
+    assert_eq!(
+        (usage["status"].as_i64(), usage["cost"].as_i64()),
+        (Some(200), Some(0)),
+        "{usage}"
+    );
+    raw.abort();
+}

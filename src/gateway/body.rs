@@ -1,7 +1,9 @@
 //! The response body of a dispatched request: the worker's body streamed
 //! to the client, counted, with the usage row written before the last
 //! bytes go out (see [`super::meter`] for why) and the worker's connection
-//! returned to its pool once the worker has sent everything.
+//! returned to its pool once the worker has sent everything. A worker that
+//! stalls mid-body for `DISPATCH_TIMEOUT_SECS` is cut off (the client's
+//! connection then ends early, the only way left to say so).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +41,8 @@ pub struct Finish {
     pub meter: Arc<Meter>,
     pub row: UsageRow,
     pub started: Instant,
+    /// The answer broke off (counts as a failure for the worker).
+    pub failed: bool,
 }
 
 impl Finish {
@@ -53,7 +57,7 @@ impl Finish {
         self.row.duration_ms =
             i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
         if let Some(worker_id) = self.row.worker_id {
-            let ok = self.row.status < 500;
+            let ok = self.row.status < 500 && !self.failed;
             meter.worker_try(worker_id, ok, self.started.elapsed());
         }
         meter.record(self.row).into_parts()
@@ -75,6 +79,8 @@ enum State {
 
 pub struct MeteredBody {
     inner: Incoming,
+    idle: std::time::Duration,
+    stall: Pin<Box<tokio::time::Sleep>>,
     sender: Option<Sender>,
     _in_flight: InFlight,
     bytes: u64,
@@ -83,15 +89,36 @@ pub struct MeteredBody {
 }
 
 impl MeteredBody {
-    pub fn new(inner: Incoming, sender: Sender, in_flight: InFlight, finish: Finish) -> Self {
+    pub fn new(
+        inner: Incoming,
+        sender: Sender,
+        in_flight: InFlight,
+        finish: Finish,
+        idle: std::time::Duration,
+    ) -> Self {
         MeteredBody {
             inner,
+            idle,
+            stall: Box::pin(tokio::time::sleep(idle)),
             sender: Some(sender),
             _in_flight: in_flight,
             bytes: 0,
             finish: Some(finish),
             state: State::Streaming,
         }
+    }
+
+    /// The worker's body broke off: the connection is not reused; the row
+    /// keeps the status the client got, costs nothing (the answer is cut)
+    /// and counts as a failed try in the worker's statistics.
+    fn fail(&mut self) {
+        self.sender = None;
+        if let Some(mut finish) = self.finish.take() {
+            finish.row.cost = 0;
+            finish.failed = true;
+            let _ = finish.record(self.bytes);
+        }
+        self.state = State::Done;
     }
 
     /// The worker sent everything: pool the connection, record the row.
@@ -128,8 +155,17 @@ impl Body for MeteredBody {
         loop {
             match &mut this.state {
                 State::Streaming => match Pin::new(&mut this.inner).poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if this.stall.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        tracing::warn!(idle = ?this.idle, "worker stalled mid-answer; cutting it off");
+                        this.fail();
+                        return Poll::Ready(Some(Err("worker stalled mid-answer".into())));
+                    }
                     Poll::Ready(Some(Ok(frame))) => {
+                        let next = tokio::time::Instant::now() + this.idle;
+                        this.stall.as_mut().reset(next);
                         if let Some(d) = frame.data_ref() {
                             this.bytes += d.len() as u64;
                         }
@@ -144,13 +180,7 @@ impl Body for MeteredBody {
                         continue;
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        this.sender = None;
-                        if let Some(mut finish) = this.finish.take() {
-                            // The client got the status but a cut body.
-                            finish.row.status = 502;
-                            let _ = finish.record(this.bytes);
-                        }
-                        this.state = State::Done;
+                        this.fail();
                         tracing::debug!(error = %e, "worker response body failed");
                         return Poll::Ready(Some(Err(Box::new(e))));
                     }

@@ -589,8 +589,9 @@ fn respond(
         meter: job.gw.meter.clone(),
         row: job.row(parts.status, Some(t.state.id)),
         started: job.started,
+        failed: false,
     };
-    let metered = MeteredBody::new(body, sender, in_flight, finish);
+    let metered = MeteredBody::new(body, sender, in_flight, finish, job.gw.config.timeout);
     let mut out = Response::new(AxumBody::new(metered));
     *out.status_mut() = parts.status;
     let h = out.headers_mut();
