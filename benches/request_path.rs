@@ -1,9 +1,10 @@
 //! The balancer's per-request work outside the sockets, on a browser-like
 //! request: for a direct client, the HTTP/1.1 fast path's head parsing and
-//! rewrite (`proxy::h1::head`) with `key_hash` and the ring's first
-//! candidate; behind a trusted proxy, hyper's path (`client_ip`, `key_hash`,
-//! ring, `strip_hop_by_hop`, `set_forwarding`) the way `proxy::forward`
-//! strings them together.
+//! rewrite (`proxy::h1::head`) with `key_hash`, the default strategy's first
+//! candidate through the selection seam and the driver's bookkeeping (load,
+//! latency, outlier streak); behind a trusted proxy, hyper's path
+//! (`client_ip`, `key_hash`, the same pick and bookkeeping,
+//! `strip_hop_by_hop`, `set_forwarding`).
 //!
 //! `cargo bench --bench request_path` runs it under criterion. With
 //! `HASHGATE_PATH_LOOPS=N` it instead runs the path N times and exits: the
@@ -12,12 +13,17 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
+use hashgate::backend::{Backend, Endpoint, Snapshot};
 use hashgate::proxy::client_ip::TrustedProxies;
 use hashgate::proxy::h1::{self, head};
 use hashgate::proxy::headers::{set_forwarding, strip_hop_by_hop};
-use hashgate::ring::{Ring, key_hash};
+use hashgate::ring::key_hash;
+use hashgate::select::{SelectOptions, Strategy};
+use hashgate::upstream::ConnPool;
 use hyper::HeaderMap;
 use hyper::header::{HOST, HeaderName, HeaderValue};
 
@@ -87,16 +93,13 @@ enum Case {
 
 /// One request's work. Returns the chosen backend index.
 #[inline(never)]
-fn request_path(case: &Case, ring: &Ring, headers: &mut HeaderMap, out: &mut Vec<u8>) -> usize {
+fn request_path(case: &Case, set: &Snapshot, headers: &mut HeaderMap, out: &mut Vec<u8>) -> usize {
     match case {
         Case::Fast { peer, request } => {
             let head::Request::Ready(req) = head::request(request, *peer, h1::MAX_BODY, out) else {
                 return usize::MAX;
             };
-            let chosen = ring
-                .candidates(key_hash(*peer))
-                .next()
-                .unwrap_or(usize::MAX);
+            let chosen = pick(set, key_hash(*peer));
             match head::response(RESPONSE, false, req.close, out) {
                 head::Response::Ready(_) => chosen,
                 _ => usize::MAX,
@@ -105,14 +108,35 @@ fn request_path(case: &Case, ring: &Ring, headers: &mut HeaderMap, out: &mut Vec
         Case::Trusted { trusted, peer, .. } => {
             let peer = *peer;
             let client = trusted.client_ip(peer, headers);
-            let hash = key_hash(client);
-            let chosen = ring.candidates(hash).next().unwrap_or(usize::MAX);
+            let chosen = pick(set, key_hash(client));
             strip_hop_by_hop(headers, false);
             let host = headers.get(HOST).cloned();
             set_forwarding(headers, peer, client, true, host.as_ref());
             chosen
         }
     }
+}
+
+/// What `proxy::driver` does per request besides the attempt: the
+/// strategy's first candidate that is available, the request counted in
+/// flight, its latency recorded, the outlier streak told of a success.
+fn pick(set: &Snapshot, key: u64) -> usize {
+    let Some(i) = set
+        .selector
+        .candidates(&set.backends, key, |b| b.is_available())
+        .next()
+    else {
+        return usize::MAX;
+    };
+    let b = &set.backends[i];
+    b.load.enter();
+    b.stats
+        .total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    b.load.record_latency(std::time::Duration::from_micros(300));
+    b.outlier.success();
+    b.load.leave();
+    i
 }
 
 impl Case {
@@ -147,11 +171,16 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn five_backends() -> Ring {
-    let names: Vec<(String, u32)> = (13004..13009)
-        .map(|p| (format!("127.0.0.1:{p}"), 1))
+/// Five backends under the default strategy (maglev).
+fn five_backends() -> Snapshot {
+    let backends = (13004..13009)
+        .map(|p| {
+            let addr = format!("127.0.0.1:{p}").parse().expect("literal");
+            let pool = ConnPool::new(addr, 0, Duration::from_secs(30), Duration::from_secs(2));
+            Arc::new(Backend::new(Endpoint::from_addr(addr, 1), pool))
+        })
         .collect();
-    Ring::build(&names)
+    Snapshot::build(backends, Strategy::Maglev, SelectOptions::default())
 }
 
 fn bench(c: &mut Criterion) {

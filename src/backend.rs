@@ -1,5 +1,7 @@
-//! A backend: what discovery found (`BackendSpec`, `Endpoint`) and the live
-//! object the balancer routes to (`Backend`), with its health and counters.
+//! A backend: what discovery found (`BackendSpec`, `Endpoint`), the live
+//! object the balancer routes to (`Backend`, with its health, outlier
+//! state, load and counters), and the published set of them (`Snapshot`,
+//! `Published`).
 //!
 //! A `Backend` lives as long as discovery keeps returning its endpoint; when
 //! the set is rebuilt, surviving endpoints keep their `Arc<Backend>`, so health
@@ -8,9 +10,15 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use crate::health::HealthCell;
+use crate::health::outlier::{Admit, Outlier, View};
+use crate::select::{Load, SelectOptions, Selector, Strategy, Target};
 use crate::upstream::ConnPool;
 
 /// One entry of `BACKEND_HOSTS`: `host:port`, optionally `=weight`
@@ -97,24 +105,27 @@ impl Endpoint {
     }
 }
 
-/// Request counters of one backend, updated lock-free on the request path.
+/// Request counters of one backend, updated lock-free on the request path
+/// (what is in flight is in its [`Load`]).
 #[derive(Debug, Default)]
 pub struct BackendStats {
-    /// Requests being proxied right now.
-    pub active: AtomicU64,
     /// Requests sent to this backend since it appeared.
     pub total: AtomicU64,
-    /// Requests that failed here (connect error, reset, timeout, bad answer).
+    /// Requests that failed here (connect error, reset, timeout, bad answer,
+    /// a 502/503/504 of its own).
     pub errors: AtomicU64,
     /// Client connections whose latest request went here.
     pub clients: AtomicI64,
 }
 
-/// A live backend: address, health, counters and its pool of keep-alive connections.
+/// A live backend: address, health (active checks and outlier detection),
+/// load, counters and its pool of keep-alive connections.
 #[derive(Debug)]
 pub struct Backend {
     pub endpoint: Endpoint,
     pub health: HealthCell,
+    pub outlier: Outlier,
+    pub load: Load,
     pub stats: BackendStats,
     pub pool: ConnPool,
 }
@@ -124,6 +135,8 @@ impl Backend {
         Backend {
             endpoint,
             health: HealthCell::default(),
+            outlier: Outlier::default(),
+            load: Load::default(),
             stats: BackendStats::default(),
             pool,
         }
@@ -137,9 +150,145 @@ impl Backend {
         self.endpoint.addr
     }
 
-    /// Healthy and not draining: may take new clients.
+    /// May take new requests: weight above 0, up by its checks, and not
+    /// ejected by outlier detection (a half-open backend is available: the
+    /// request path then lets one request through).
+    #[inline]
     pub fn is_available(&self) -> bool {
-        self.endpoint.weight > 0 && self.health.is_up()
+        self.endpoint.weight > 0 && self.health.is_up() && self.outlier.admit() != Admit::No
+    }
+
+    /// What the status pages call its state.
+    pub fn state(&self) -> State {
+        if !self.health.is_up() {
+            return State::Down;
+        }
+        match self.outlier.view() {
+            View::Ejected { .. } => State::Ejected,
+            View::HalfOpen { .. } => State::HalfOpen,
+            View::Healthy if self.endpoint.weight == 0 => State::Draining,
+            View::Healthy => State::Up,
+        }
+    }
+}
+
+/// A backend's state as the status pages show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    /// Failing its active health checks.
+    Down,
+    /// Taken out by outlier detection until a time.
+    Ejected,
+    /// Its ejection ran out: one request or check decides.
+    HalfOpen,
+    /// Weight 0: no new clients, still checked.
+    Draining,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Ejected => "ejected",
+            State::HalfOpen => "half-open",
+            State::Draining => "draining",
+        }
+    }
+}
+
+impl Target for Backend {
+    fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+    fn weight(&self) -> u32 {
+        self.endpoint.weight
+    }
+    fn load(&self) -> &Load {
+        &self.load
+    }
+}
+
+/// An immutable backend set and its strategy's state; indices the
+/// selector yields refer to `backends`.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub backends: Vec<Arc<Backend>>,
+    pub selector: Selector,
+}
+
+impl Snapshot {
+    pub fn build(backends: Vec<Arc<Backend>>, strategy: Strategy, opts: SelectOptions) -> Self {
+        let selector = Selector::new(strategy, opts, &backends);
+        Snapshot { backends, selector }
+    }
+}
+
+/// The published backend set: read on every request without a lock,
+/// replaced as a whole when discovery finds a different set (PLB's
+/// ArcSwap); and the bell that wakes the health loop for an immediate
+/// round (a new backend, a refused connection).
+#[derive(Debug)]
+pub struct Published {
+    current: ArcSwap<Snapshot>,
+    pub wake: Notify,
+}
+
+impl Published {
+    pub fn new(strategy: Strategy, opts: SelectOptions) -> Self {
+        Published {
+            current: ArcSwap::from_pointee(Snapshot::build(Vec::new(), strategy, opts)),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The current snapshot (cheap; hold it for one request at most).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+/// The backend a client connection's latest request went to, behind the
+/// per-backend "clients connected" gauge. The mutex is held for a pointer
+/// compare, never across an await.
+#[derive(Debug, Default)]
+pub struct Pinned(Mutex<Option<Arc<Backend>>>);
+
+impl Pinned {
+    /// The pinned backend, its gauge count handed over with it (a parked
+    /// connection keeps counting as connected).
+    pub fn into_backend(mut self) -> Option<Arc<Backend>> {
+        self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Takes back what [`Pinned::into_backend`] handed over.
+    pub fn from_backend(backend: Option<Arc<Backend>>) -> Pinned {
+        Pinned(Mutex::new(backend))
+    }
+
+    pub fn repin(&self, backend: &Arc<Backend>) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|b| Arc::ptr_eq(b, backend)) {
+            return;
+        }
+        backend.stats.clients.fetch_add(1, Relaxed);
+        if let Some(old) = slot.replace(Arc::clone(backend)) {
+            old.stats.clients.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            b.stats.clients.fetch_sub(1, Relaxed);
+        }
     }
 }
 

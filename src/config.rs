@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::backend::BackendSpec;
+use crate::select::{SelectOptions, Strategy};
 
 /// A bad configuration value: which variable, what it held, what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -201,23 +202,79 @@ pub struct HealthConfig {
     pub fall: u32,
 }
 
-/// Limits and timeouts on every phase of a proxied exchange.
+/// Limits and timeouts on every phase of a proxied exchange: the one
+/// timeout model both request paths follow. Whose fault a timeout is
+/// decides what it blames: a client's slowness (head, body, reading the
+/// answer) never counts against a backend.
 #[derive(Debug, Clone)]
 pub struct ProxyLimits {
     /// Largest request head (request line + headers) accepted, in bytes.
     pub max_header_bytes: usize,
-    /// Time an idle keep-alive client connection is kept open, counted until
-    /// its next request head is complete (hyper measures both as one phase,
-    /// so this also bounds a slow sender of headers).
+    /// `CLIENT_IDLE_TIMEOUT_SECS`: an idle keep-alive client connection,
+    /// until the first byte of its next request.
     pub idle_timeout: Duration,
-    /// Time to open a TCP connection to a backend.
+    /// `CLIENT_HEADER_TIMEOUT_SECS`: a whole request head, from its first
+    /// byte (408, then close).
+    pub header_timeout: Duration,
+    /// `CLIENT_BODY_TIMEOUT_SECS`: the longest pause between two reads of a
+    /// request body (408, then close; the client's fault).
+    pub client_body_timeout: Duration,
+    /// `CLIENT_WRITE_TIMEOUT_SECS`: the longest a client may leave the
+    /// answer unread before its connection (and the backend's) is closed.
+    pub client_write_timeout: Duration,
+    /// `CONNECT_TIMEOUT_MS`: opening a TCP connection to a backend.
     pub connect_timeout: Duration,
-    /// Time a backend has to start answering (response head).
+    /// `UPSTREAM_TIMEOUT_SECS`: from the request's last byte sent to the
+    /// backend until the response head is complete (504).
     pub upstream_timeout: Duration,
+    /// `UPSTREAM_BODY_TIMEOUT_SECS`: the longest pause between two reads of
+    /// a response body (the client connection is cut off).
+    pub upstream_body_timeout: Duration,
     /// Idle pooled connections kept per backend.
     pub pool_max_idle: usize,
     /// Time an idle pooled upstream connection is kept.
     pub pool_idle_timeout: Duration,
+}
+
+/// `LB_STRATEGY` and its knobs.
+#[derive(Debug, Clone)]
+pub struct StrategyConfig {
+    pub strategy: Strategy,
+    pub select: SelectOptions,
+    /// `QUEUE_PATH`: least-queue's endpoint on every backend.
+    pub queue_path: String,
+    /// `QUEUE_POLL_MS`: how often least-queue polls it.
+    pub queue_poll: Duration,
+}
+
+/// Outlier detection (Envoy's model) and the panic threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// `OUTLIER_CONSECUTIVE_FAILURES`: gateway failures in a row that eject.
+    pub consecutive_failures: u32,
+    /// `OUTLIER_BASE_EJECTION_SECS`: the first ejection's length; the n-th
+    /// lasts n times as long.
+    pub base_ejection: Duration,
+    /// `OUTLIER_MAX_EJECTION_SECS`: the longest an ejection lasts.
+    pub max_ejection: Duration,
+    /// `OUTLIER_MAX_EJECTION_PERCENT`: at most this share of the backends
+    /// is ejected at once.
+    pub max_ejection_percent: u32,
+    /// `PANIC_THRESHOLD_PERCENT`: below this share of backends available,
+    /// route over all of them rather than answer 503.
+    pub panic_threshold_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            panic_threshold_percent: 50,
+        }
+    }
 }
 
 /// Everything the balancer needs, parsed and checked.
@@ -227,10 +284,16 @@ pub struct BalancerConfig {
     pub discovery: DiscoveryConfig,
     pub health: HealthConfig,
     pub limits: ProxyLimits,
+    pub strategy: StrategyConfig,
+    pub outlier: OutlierConfig,
     pub trusted_proxies: Vec<IpNet>,
+    /// `MAX_CLIENT_CONNECTIONS`: open client connections at most (`None`:
+    /// sized from the file-descriptor limit at start-up, see
+    /// [`crate::server`]).
+    pub max_client_connections: Option<usize>,
     pub shutdown_grace: Duration,
     /// `WORKER_THREADS`: connection worker threads, each a single-threaded
-    /// event loop (0 = one per core); see [`crate::workers`].
+    /// event loop (0 = one per core); see [`crate::threads`].
     pub worker_threads: usize,
 }
 
@@ -256,12 +319,38 @@ impl BalancerConfig {
                     1024 * 1024,
                 )?,
                 idle_timeout: env.secs_or("CLIENT_IDLE_TIMEOUT_SECS", 60)?,
+                header_timeout: env.secs_or("CLIENT_HEADER_TIMEOUT_SECS", 10)?,
+                client_body_timeout: env.secs_or("CLIENT_BODY_TIMEOUT_SECS", 30)?,
+                client_write_timeout: env.secs_or("CLIENT_WRITE_TIMEOUT_SECS", 60)?,
                 connect_timeout: env.millis_or("CONNECT_TIMEOUT_MS", 2_000)?,
                 upstream_timeout: env.secs_or("UPSTREAM_TIMEOUT_SECS", 60)?,
+                upstream_body_timeout: env.secs_or("UPSTREAM_BODY_TIMEOUT_SECS", 60)?,
                 pool_max_idle: env.range_or("POOL_MAX_IDLE", 256, 0, 100_000)?,
                 pool_idle_timeout: env.secs_or("POOL_IDLE_TIMEOUT_SECS", 30)?,
             },
+            strategy: strategy_from_env(env)?,
+            outlier: OutlierConfig {
+                consecutive_failures: env.range_or("OUTLIER_CONSECUTIVE_FAILURES", 5, 1, 1000)?,
+                base_ejection: env.secs_or("OUTLIER_BASE_EJECTION_SECS", 30)?,
+                max_ejection: env.secs_or("OUTLIER_MAX_EJECTION_SECS", 300)?,
+                max_ejection_percent: env.range_or("OUTLIER_MAX_EJECTION_PERCENT", 50, 0, 100)?,
+                panic_threshold_percent: env.range_or("PANIC_THRESHOLD_PERCENT", 50, 0, 100)?,
+            },
             trusted_proxies: env.cidrs("TRUSTED_PROXIES", "")?,
+            max_client_connections: env
+                .parse_opt::<usize>("MAX_CLIENT_CONNECTIONS")?
+                .map(|n| {
+                    if n == 0 {
+                        Err(ConfigError::new(
+                            "MAX_CLIENT_CONNECTIONS",
+                            "0",
+                            "must be at least 1",
+                        ))
+                    } else {
+                        Ok(n)
+                    }
+                })
+                .transpose()?,
             shutdown_grace: env.secs_or("SHUTDOWN_GRACE_SECS", 30)?,
             worker_threads: env.range_or("WORKER_THREADS", 0, 0, 1024)?,
         })
@@ -269,15 +358,39 @@ impl BalancerConfig {
 }
 
 fn health_path(env: &Env) -> Result<String, ConfigError> {
-    let path = env.raw("HEALTH_PATH").unwrap_or("/health");
+    absolute_path(env, "HEALTH_PATH", "/health")
+}
+
+/// A request path to send to backends (`HEALTH_PATH`, `QUEUE_PATH`).
+fn absolute_path(env: &Env, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let path = env.raw(var).unwrap_or(default);
     if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
         return Err(ConfigError::new(
-            "HEALTH_PATH",
+            var,
             path,
-            "must be an absolute path such as /health",
+            format_args!("must be an absolute path such as {default}"),
         ));
     }
     Ok(path.to_owned())
+}
+
+fn strategy_from_env(env: &Env) -> Result<StrategyConfig, ConfigError> {
+    let factor: f64 = env.parse_or("HASH_BALANCE_FACTOR", 1.25)?;
+    if !(1.0..=100.0).contains(&factor) {
+        return Err(ConfigError::new(
+            "HASH_BALANCE_FACTOR",
+            &factor.to_string(),
+            "must be between 1.0 and 100 (1.25 = 125% of the mean load)",
+        ));
+    }
+    Ok(StrategyConfig {
+        strategy: env.parse_or("LB_STRATEGY", Strategy::Maglev)?,
+        select: SelectOptions {
+            hash_balance_factor: factor,
+        },
+        queue_path: absolute_path(env, "QUEUE_PATH", "/api/queue")?,
+        queue_poll: env.millis_or("QUEUE_POLL_MS", 1_000)?,
+    })
 }
 
 fn discovery_from_env(env: &Env) -> Result<DiscoveryConfig, ConfigError> {
@@ -413,6 +526,12 @@ mod tests {
             ("BACKEND_HOSTS", "10.0.0.1:13004=x"),
             ("DNS_SERVER", "localhost"),
             ("BACKEND_COUNT", "0"),
+            ("LB_STRATEGY", "fastest"),
+            ("HASH_BALANCE_FACTOR", "0.5"),
+            ("QUEUE_PATH", "api/queue"),
+            ("OUTLIER_MAX_EJECTION_PERCENT", "101"),
+            ("CLIENT_HEADER_TIMEOUT_SECS", "0"),
+            ("MAX_CLIENT_CONNECTIONS", "0"),
         ] {
             let mut pairs = vec![(var, value)];
             if var == "DNS_SERVER" {

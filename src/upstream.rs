@@ -12,7 +12,7 @@
 //! retried elsewhere.
 //!
 //! Each connection worker thread has its own idle lists (see
-//! [`crate::workers`]): a connection is registered with the reactor of the
+//! [`crate::threads`]): a connection is registered with the reactor of the
 //! thread that opened it, so handing it to a request on another thread would
 //! turn every exchange into cross-thread wake-ups. Each list sits behind a
 //! `std` mutex held only to push or pop, never across an await, and in
@@ -24,18 +24,145 @@ use std::sync::Mutex;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
-use crate::workers;
+use crate::threads;
 
-/// The body sent upstream: the client's own stream, or nothing (a retried
-/// bodiless request, a health probe).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// The body of a request sent upstream on the hyper path: bytes kept whole
+/// (so the request can be sent again), or the client's own stream, which
+/// may pause at most `idle` between two pieces before the client is
+/// blamed ([`ClientStalled`]) and the exchange ends.
+pub enum UpstreamBody {
+    Full(Option<Bytes>),
+    Stream(Box<StreamBody>),
+}
+
+/// A client's request body streamed through; see [`UpstreamBody`].
+pub struct StreamBody {
+    /// Bytes already read from the client (while trying to keep the body
+    /// whole), sent first.
+    prefix: Option<Bytes>,
+    inner: Incoming,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Fired (dropped) when the body is complete or broke: the backend's
+    /// time to answer counts from then.
+    sent: Option<oneshot::Sender<()>>,
+}
+
+/// The client paused its request body for longer than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("the client stopped sending its request body")]
+pub struct ClientStalled;
+
+impl UpstreamBody {
+    pub fn empty() -> Self {
+        UpstreamBody::Full(None)
+    }
+
+    /// The client's stream after `prefix`; the receiver resolves when the
+    /// body has been sent whole (or broke off).
+    pub fn stream(prefix: Bytes, inner: Incoming, idle: Duration) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let body = StreamBody {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+            idle,
+            timer: None,
+            sent: Some(tx),
+        };
+        (UpstreamBody::Stream(Box::new(body)), rx)
+    }
+}
+
+impl StreamBody {
+    /// The body as it was before anything of it was sent (hyper hands a
+    /// request back unsent when the connection closed first).
+    pub fn into_unsent(self) -> (Bytes, Incoming) {
+        (self.prefix.unwrap_or_default(), self.inner)
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let s = match &mut *self {
+            UpstreamBody::Full(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
+            }
+            UpstreamBody::Stream(s) => s,
+        };
+        if let Some(prefix) = s.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match Pin::new(&mut s.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                s.sent.take();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.sent.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(timer) = &mut s.timer {
+                    timer.as_mut().reset(tokio::time::Instant::now() + s.idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                let idle = s.idle;
+                let timer = s
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                s.sent.take();
+                Poll::Ready(Some(Err(Box::new(ClientStalled))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Full(bytes) => bytes.is_none(),
+            UpstreamBody::Stream(s) => s.prefix.is_none() && s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            UpstreamBody::Full(None) => SizeHint::with_exact(0),
+            UpstreamBody::Stream(s) => {
+                let pre = s.prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = s.inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + pre);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + pre);
+                }
+                hint
+            }
+        }
+    }
+}
 
 /// A connection's request handle.
 pub type Sender = http1::SendRequest<UpstreamBody>;
@@ -50,12 +177,12 @@ type IdleList<T> = Mutex<Vec<(T, Instant)>>;
 
 impl<T> Idle<T> {
     fn new() -> Self {
-        Idle((0..workers::slots()).map(|_| Mutex::default()).collect())
+        Idle((0..threads::slots()).map(|_| Mutex::default()).collect())
     }
 
     /// The calling thread's list.
     fn own(&self) -> std::sync::MutexGuard<'_, Vec<(T, Instant)>> {
-        self.0[workers::slot() % self.0.len()]
+        self.0[threads::slot() % self.0.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -127,6 +254,20 @@ pub enum ConnectError {
     Io(SocketAddr, io::Error),
     #[error("handshake with {0}: {1}")]
     Handshake(SocketAddr, hyper::Error),
+}
+
+impl ConnectError {
+    /// The failure is this machine's (out of file descriptors, memory or
+    /// local ports), not the backend's: it must never count against it.
+    pub fn is_local(&self) -> bool {
+        let ConnectError::Io(_, e) = self else {
+            return false;
+        };
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        )
+    }
 }
 
 impl ConnPool {

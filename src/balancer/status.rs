@@ -1,26 +1,33 @@
 //! The balancer's own endpoints: `GET /health`, `GET /lb` (HTML) and
-//! `GET /lb/status` (the same data as JSON). Everything else is proxied.
+//! `GET /lb/status` (the same data as JSON). Every path
+//! [`rules::is_own_endpoint`](crate::proxy::rules::is_own_endpoint) names is
+//! answered here (unknown ones 404); everything else is proxied.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use askama::Template;
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::Balancer;
+use crate::health::outlier::View;
 use crate::pages;
+use crate::proxy::Proxy;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::json_response;
 
-/// Paths the balancer answers itself.
-pub fn is_own_endpoint(path: &str) -> bool {
-    matches!(path, "/health" | "/lb" | "/lb/" | "/lb/status")
-}
-
-/// Answers one of [`is_own_endpoint`]'s paths.
-pub fn handle<B>(state: &Balancer, req: &Request<B>) -> Response<ProxyBody> {
+/// Answers the balancer's own paths (plugged into the request path as its
+/// [`Pages`](crate::proxy::Pages)).
+pub fn handle(state: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if !matches!(path, "/health" | "/lb" | "/lb/" | "/lb/status") {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": "no such balancer endpoint", "status": 404 }),
+        );
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         let mut resp = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -84,6 +91,7 @@ pub struct Status {
     pub now: String,
     pub discovery: DiscoveryStatus,
     pub health_check: HealthCheckStatus,
+    pub routing: RoutingStatus,
     /// Backends up and taking clients.
     pub healthy: usize,
     pub totals: TotalsStatus,
@@ -126,7 +134,8 @@ pub struct BackendStatus {
     pub name: String,
     /// The socket address connections go to.
     pub address: String,
-    /// `up`, `down` or `draining` (weight 0).
+    /// `up`, `down` (health checks), `ejected` (outlier detection, until
+    /// `ejected_until`), `half-open`, or `draining` (weight 0).
     pub state: &'static str,
     pub healthy: bool,
     pub weight: u32,
@@ -134,34 +143,58 @@ pub struct BackendStatus {
     pub last_check_ago_secs: Option<u64>,
     pub latency_ms: Option<f64>,
     pub last_error: Option<String>,
+    /// While ejected: until when, and the last failure.
+    pub ejected_until: Option<String>,
+    pub ejected_for_secs: Option<u64>,
+    pub ejection_reason: Option<String>,
+    /// Ejections so far (each lasts longer; time healthy earns them back).
+    pub ejections: u32,
+    /// Requests in flight now (what least-connections reads).
     pub active: u64,
     pub total: u64,
     pub errors: u64,
-    /// Share of the hash space, 0..=1.
+    /// Share of the traffic by construction: of the hash space for the
+    /// sticky strategies, of the weights for the others; 0..=1.
     pub share: f64,
     /// Client connections whose latest request went here.
     pub clients: i64,
 }
 
+/// The strategy in use.
+#[derive(Debug, Serialize)]
+pub struct RoutingStatus {
+    pub strategy: &'static str,
+    /// Whether a client keeps its backend (the consistent-hash strategies).
+    pub sticky: bool,
+    /// Fewer than `PANIC_THRESHOLD_PERCENT` of the backends are available:
+    /// requests go to all of them.
+    pub panic: bool,
+}
+
 impl Status {
-    pub fn collect(state: &Balancer) -> Status {
+    pub fn collect(state: &Proxy) -> Status {
         let now = SystemTime::now();
-        let pool = state.pool();
-        let backends: Vec<BackendStatus> = pool
+        let snapshot = state.backends.load();
+        let backends: Vec<BackendStatus> = snapshot
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
                 let check = b.health.last_check();
                 let up = b.health.is_up();
+                let (until, reason, ejections) = match b.outlier.view() {
+                    View::Healthy => (None, None, b.outlier.times()),
+                    View::Ejected {
+                        until,
+                        reason,
+                        times,
+                    } => (Some(until), Some(reason), times),
+                    View::HalfOpen { reason, times } => (None, Some(reason), times),
+                };
                 BackendStatus {
                     name: b.name().to_owned(),
                     address: b.addr().to_string(),
-                    state: match (b.endpoint.weight, up) {
-                        (_, false) => "down",
-                        (0, true) => "draining",
-                        _ => "up",
-                    },
+                    state: b.state().name(),
                     healthy: up,
                     weight: b.endpoint.weight,
                     last_check: check.at.map(http_date),
@@ -170,15 +203,26 @@ impl Status {
                         .latency
                         .map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0),
                     last_error: check.error,
-                    active: b.stats.active.load(Relaxed),
+                    ejected_until: until.map(http_date),
+                    ejected_for_secs: until
+                        .map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
+                    ejection_reason: reason,
+                    ejections,
+                    active: b.load.in_flight(),
                     total: b.stats.total.load(Relaxed),
                     errors: b.stats.errors.load(Relaxed),
-                    share: pool.ring.share(i),
+                    share: snapshot.selector.share(i),
                     clients: b.stats.clients.load(Relaxed).max(0),
                 }
             })
             .collect();
-        let d = state.discovery_state();
+        let panic = state.panic_mode(&snapshot);
+        let strategy = snapshot.selector.strategy();
+        let d = state
+            .discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let h = &state.config.health;
         Status {
             version: env!("CARGO_PKG_VERSION"),
@@ -186,7 +230,7 @@ impl Status {
             started_at: http_date(state.started_at),
             now: http_date(now),
             discovery: DiscoveryStatus {
-                mode: state.discovery_mode,
+                mode: state.config.discovery.mode(),
                 last_refresh: d.last_refresh.map(http_date),
                 last_refresh_ago_secs: d.last_refresh.map(|t| ago(now, t)),
                 ok: d.ok,
@@ -199,6 +243,11 @@ impl Status {
                 rise: h.rise,
                 fall: h.fall,
             },
+            routing: RoutingStatus {
+                strategy: strategy.name(),
+                sticky: strategy.is_sticky(),
+                panic,
+            },
             healthy: backends.iter().filter(|b| b.state == "up").count(),
             totals: TotalsStatus {
                 requests: state.totals.requests.load(Relaxed),
@@ -206,7 +255,7 @@ impl Status {
                 errors: backends.iter().map(|b| b.errors).sum(),
                 failed_requests: state.totals.failed.load(Relaxed),
                 clients: backends.iter().map(|b| b.clients).sum(),
-                parked: state.parking.len(),
+                parked: state.totals.parked.load(Relaxed),
             },
             backends,
         }

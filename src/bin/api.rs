@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hashgate::api::cli::{self, KeysAction};
 use hashgate::config::Env;
-use hashgate::{api, healthcheck, shutdown, telemetry};
+use hashgate::health::selfcheck;
+use hashgate::{api, shutdown, telemetry};
 
 /// One hashgate API instance: a gateway replica behind the balancer.
 ///
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
     let mut env = Env::from_process();
     env.set("PORT", cli.port.to_string());
     match cli.command {
-        Some(Command::Healthcheck) => healthcheck::main_for_port(cli.port),
+        Some(Command::Healthcheck) => selfcheck::main_for_port(cli.port),
         Some(Command::Keys { action }) => {
             telemetry::init("warn");
             let action = match action {

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         let port = Env::from_process()
             .port_or("BALANCER_PORT", 13003)
             .unwrap_or(13003);
-        return hashgate::healthcheck::main_for_port(port);
+        return hashgate::health::selfcheck::main_for_port(port);
     }
     // Returns freed memory to the OS when the workers go quiet.
     hashgate_alloc::init();

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hashgate::cluster::{self, ClusterConfig};
 use hashgate::config::Env;
-use hashgate::{healthcheck, shutdown, telemetry};
+use hashgate::health::selfcheck;
+use hashgate::{shutdown, telemetry};
 
 // The launcher re-executes itself as the balancer child: same allocator as
 // the `balancer` binary (see there).
@@ -75,9 +76,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Command::Healthcheck) => {
-            return healthcheck::main_for_port(
-                env.port_or("BALANCER_PORT", 13003).unwrap_or(13003),
-            );
+            return selfcheck::main_for_port(env.port_or("BALANCER_PORT", 13003).unwrap_or(13003));
         }
         Some(Command::Child { kind }) => return child(&kind),
         None => {}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, Env};
-use crate::healthcheck;
+use crate::health::selfcheck;
 use crate::shutdown::Shutdown;
 use supervise::{Event, Spec};
 
@@ -270,7 +270,7 @@ async fn workers_registered(ports: &[u16]) -> bool {
     tokio::task::spawn_blocking(move || {
         ports.iter().all(|&p| {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-            healthcheck::fetch(addr, "/health", healthcheck::TIMEOUT)
+            selfcheck::fetch(addr, "/health", selfcheck::TIMEOUT)
                 .ok()
                 .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
                 .and_then(|v| v["workerId"].as_i64())
@@ -326,7 +326,7 @@ async fn announce_when_ready(config: ClusterConfig, stop: Shutdown) {
                 .filter(|&p| {
                     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
                     !matches!(
-                        healthcheck::probe(addr, "/health", healthcheck::TIMEOUT),
+                        selfcheck::probe(addr, "/health", selfcheck::TIMEOUT),
                         Ok(200)
                     )
                 })

@@ -1,5 +1,8 @@
 //! The checking loop: every backend probed concurrently each interval, and at
-//! once when something wakes the loop (a new backend, a passive failure).
+//! once when something rings the bell (a new backend, a refused
+//! connection). Each result feeds the backend's rise/fall machine and its
+//! outlier state (a pass can end a half-open or connection-caused ejection;
+//! see [`super::outlier`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,7 +11,8 @@ use tokio::task::JoinSet;
 
 use super::probe::probe;
 use super::{Flip, LastCheck};
-use crate::balancer::Balancer;
+use crate::backend::Published;
+use crate::config::{HealthConfig, OutlierConfig};
 use crate::shutdown::Shutdown;
 
 /// After a wake-up, the soonest the next extra round may run: a flood of
@@ -22,20 +26,28 @@ fn down_interval(interval: Duration) -> Duration {
     (interval / 10).clamp(Duration::from_secs(1), interval)
 }
 
-pub async fn run(state: Arc<Balancer>, shutdown: Shutdown) {
-    let interval = state.config.health.interval;
+pub async fn run(
+    backends: Arc<Published>,
+    cfg: HealthConfig,
+    outlier: OutlierConfig,
+    shutdown: Shutdown,
+) {
     loop {
-        round(&state).await;
-        let any_down = state.pool().backends.iter().any(|b| !b.health.is_up());
+        round(&backends, &cfg, &outlier).await;
+        let any_down = backends
+            .load()
+            .backends
+            .iter()
+            .any(|b| !b.health.is_up() || b.outlier.is_out());
         let wait = if any_down {
-            down_interval(interval)
+            down_interval(cfg.interval)
         } else {
-            interval
+            cfg.interval
         };
         tokio::select! {
             () = shutdown.wait() => return,
             () = tokio::time::sleep(wait) => {}
-            () = state.health_wake.notified() => {
+            () = backends.wake.notified() => {
                 tokio::time::sleep(MIN_GAP).await;
             }
         }
@@ -44,18 +56,17 @@ pub async fn run(state: Arc<Balancer>, shutdown: Shutdown) {
 
 /// Probes every backend of the current snapshot concurrently and records the
 /// results; logs one line per state change.
-async fn round(state: &Arc<Balancer>) {
-    let pool = state.pool();
-    let cfg = &state.config.health;
+async fn round(backends: &Published, cfg: &HealthConfig, outlier: &OutlierConfig) {
+    let snapshot = backends.load();
     let mut probes = JoinSet::new();
-    for backend in pool.backends.iter().map(Arc::clone) {
+    for backend in snapshot.backends.iter().map(Arc::clone) {
         let (path, timeout) = (cfg.path.clone(), cfg.timeout);
         probes.spawn(async move {
             let result = probe(backend.addr(), backend.name(), &path, timeout).await;
             (backend, result)
         });
     }
-    drop(pool);
+    drop(snapshot);
     while let Some(joined) = probes.join_next().await {
         let Ok((backend, result)) = joined else {
             continue;
@@ -66,6 +77,7 @@ async fn round(state: &Arc<Balancer>) {
             error: result.err(),
         };
         let error = check.error.clone();
+        let ok = error.is_none();
         match backend.health.record(check, cfg.rise, cfg.fall) {
             Some(Flip::Up) => tracing::info!(backend = %backend.name(), "backend up"),
             Some(flip) => {
@@ -78,6 +90,14 @@ async fn round(state: &Arc<Balancer>) {
                 }
             }
             None => tracing::debug!(backend = %backend.name(), error = ?error, "health check"),
+        }
+        if let Some(change) = backend.outlier.check(ok, outlier) {
+            let why = if ok {
+                "health check passed"
+            } else {
+                "health check failed"
+            };
+            crate::proxy::report::log_change(&backend, &change, why);
         }
     }
 }

@@ -1,18 +1,20 @@
-//! Backend health: an IO-free state machine with rise/fall thresholds
-//! ([`Machine`]), the per-backend cell the request path reads
-//! ([`HealthCell`]), the HTTP probe ([`probe`]) and the checking loop
-//! ([`run`]).
+//! Backend health, active and passive: an IO-free state machine with
+//! rise/fall thresholds ([`Machine`]), the per-backend cell the request path
+//! reads ([`HealthCell`]), the HTTP probe ([`probe`]), the checking loop
+//! ([`checker`]), outlier detection from the requests themselves
+//! ([`outlier`]), and the container probe the binaries run against their own
+//! process ([`selfcheck`]).
 //!
 //! Active checks decide by thresholds so one blip does not flap a backend; a
 //! new backend's first result counts at once, so a replica that comes up
-//! healthy takes clients after one check. Passive failures (a refused, reset
-//! or timed-out proxied request) take a backend down at once and wake the
-//! loop to re-check it, instead of waiting for the next round.
+//! healthy takes clients after one check. Requests never mark a backend
+//! down here: their failures feed outlier detection, and a refused
+//! connection rings the loop's bell for an immediate re-check.
 
-mod checker;
+pub mod checker;
+pub mod outlier;
 pub mod probe;
-
-pub use checker::run;
+pub mod selfcheck;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,13 +62,6 @@ impl Machine {
             return Some(ok);
         }
         None
-    }
-
-    /// A passive failure: down at once. Returns true when this was a change.
-    pub fn force_down(&mut self) -> bool {
-        self.fresh = false;
-        self.streak = 0;
-        std::mem::replace(&mut self.up, false)
     }
 }
 
@@ -131,14 +126,6 @@ impl HealthCell {
         })
     }
 
-    /// Records a passive failure; returns true when the backend was up.
-    pub fn mark_down(&self) -> bool {
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let was_up = guard.0.force_down();
-        self.up.store(false, Ordering::Relaxed);
-        was_up
-    }
-
     pub fn last_check(&self) -> LastCheck {
         self.state
             .lock()
@@ -180,23 +167,6 @@ mod tests {
         assert_eq!(m.observe(true, 2, 2), None);
         assert_eq!(m.observe(false, 2, 2), None, "streak restarted");
         assert!(m.is_up());
-    }
-
-    #[test]
-    fn passive_failure_takes_down_at_once() {
-        let cell = HealthCell::new();
-        assert!(cell.is_up());
-        assert!(cell.mark_down());
-        assert!(!cell.is_up());
-        assert!(!cell.mark_down(), "already down: no second change");
-        let ok = LastCheck {
-            at: Some(SystemTime::now()),
-            latency: None,
-            error: None,
-        };
-        assert_eq!(cell.record(ok.clone(), 2, 2), None);
-        assert_eq!(cell.record(ok, 2, 2), Some(Flip::Up));
-        assert!(cell.is_up());
     }
 
     #[test]

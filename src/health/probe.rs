@@ -1,5 +1,6 @@
-//! The active health probe: `GET <path>` on a fresh connection, with one
-//! deadline covering connect, request and response head.
+//! The active probes: `GET <path>` on a fresh connection, with one deadline
+//! covering connect, request and the whole (bounded) answer. The health
+//! check wants the status; least-queue's poll ([`fetch`]) the body too.
 //!
 //! A fresh connection (not a pooled one) is deliberate: the probe must prove
 //! that the backend accepts new connections, which is what new clients need.
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::client::conn::http1;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -20,15 +21,34 @@ pub type ProbeResult = Result<Duration, String>;
 /// Probes `addr`; 2xx and 3xx pass, anything else fails.
 pub async fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> ProbeResult {
     let started = Instant::now();
-    match tokio::time::timeout(timeout, exchange(addr, host, path)).await {
-        Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(status)) if status.is_success() || status.is_redirection() => Ok(started.elapsed()),
-        Ok(Ok(status)) => Err(format!("answered {status}")),
+    match fetch(addr, host, path, timeout, 64 * 1024).await {
+        Err(e) => Err(e),
+        Ok((status, _)) if status.is_success() || status.is_redirection() => Ok(started.elapsed()),
+        Ok((status, _)) => Err(format!("answered {status}")),
     }
 }
 
-async fn exchange(addr: SocketAddr, host: &str, path: &str) -> Result<StatusCode, String> {
+/// `GET path` on `addr` within `timeout`: the status and at most
+/// `max_body` bytes of body (more is an error).
+pub async fn fetch(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<(StatusCode, Bytes), String> {
+    match tokio::time::timeout(timeout, exchange(addr, host, path, max_body)).await {
+        Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+        Ok(result) => result,
+    }
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    max_body: usize,
+) -> Result<(StatusCode, Bytes), String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -48,8 +68,12 @@ async fn exchange(addr: SocketAddr, host: &str, path: &str) -> Result<StatusCode
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status();
-    // Read (and discard) the body so the backend sees a clean exchange.
-    let _ = resp.into_body().collect().await;
+    // Read the body (bounded) so the backend sees a clean exchange.
+    let body = Limited::new(resp.into_body(), max_body)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| format!("body: {e}"));
     conn.abort();
-    Ok(status)
+    Ok((status, body?))
 }

@@ -1,57 +1,91 @@
-//! The response body the balancer sends to clients: a backend's streamed
-//! body, or a small body of our own. An enum rather than a boxed trait object,
-//! so the hot path allocates nothing for it.
+//! The response body the balancer sends to clients on the hyper path: a
+//! backend's streamed body, or a small body of our own. An enum rather than
+//! a boxed trait object, so the hot path allocates nothing for it.
 //!
 //! A backend body hands its keep-alive connection back to the backend's pool
-//! once the backend has sent the whole response, and keeps the backend's
-//! active-request gauge up until the client has it all.
+//! once the backend has sent the whole response, keeps the request counted
+//! in flight on its backend until the client has it all, and cuts the
+//! exchange off when the backend pauses longer than
+//! `UPSTREAM_BODY_TIMEOUT_SECS` between two pieces (a backend that stalls
+//! mid-body; reported as its failure).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
 
+use super::Proxy;
+use super::error::ProxyError;
+use super::report;
 use crate::backend::Backend;
 use crate::upstream::Sender;
 
 /// Counts one request in flight on a backend for as long as it lives.
 #[derive(Debug)]
-pub struct UpstreamGuard(Arc<Backend>);
+pub struct UpstreamGuard {
+    backend: Arc<Backend>,
+    /// The client key, for reports about the body.
+    key: u64,
+}
 
 impl UpstreamGuard {
-    pub fn new(backend: Arc<Backend>) -> Self {
+    pub fn new(backend: Arc<Backend>, key: u64) -> Self {
         backend.stats.total.fetch_add(1, Relaxed);
-        backend.stats.active.fetch_add(1, Relaxed);
-        UpstreamGuard(backend)
+        backend.load.enter();
+        UpstreamGuard { backend, key }
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
+        &self.backend
+    }
+
+    /// The backend broke off or stalled mid-body.
+    pub fn body_failed(&self, proxy: &Proxy, error: &ProxyError) {
+        report::body_failed(proxy, &self.backend, error, self.key);
     }
 }
 
 impl Drop for UpstreamGuard {
     fn drop(&mut self) {
-        self.0.stats.active.fetch_sub(1, Relaxed);
+        self.backend.load.leave();
     }
 }
 
-/// Body of every response the balancer sends.
-#[derive(Debug)]
+/// Body of every response the balancer sends on the hyper path.
 pub enum ProxyBody {
     /// A complete body of our own (status pages, errors); `None` once sent.
     Full(Option<Bytes>),
     /// A backend's body, streamed through.
-    Upstream {
-        inner: Incoming,
-        /// The connection to return to the pool at the end (`None` for
-        /// upgraded connections and after an error).
-        keep: Option<Sender>,
-        guard: UpstreamGuard,
-    },
+    Upstream(Box<Upstream>),
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyBody::Full(b) => f.debug_tuple("Full").field(b).finish(),
+            ProxyBody::Upstream(u) => f.debug_tuple("Upstream").field(&u.guard).finish(),
+        }
+    }
+}
+
+/// A backend's body on its way to the client.
+pub struct Upstream {
+    inner: Incoming,
+    /// The connection to return to the pool at the end (`None` for
+    /// upgraded connections and after an error).
+    keep: Option<Sender>,
+    guard: UpstreamGuard,
+    proxy: Arc<Proxy>,
+    timeout: Duration,
+    /// Armed while the backend owes the next piece (made at the first wait:
+    /// a body that arrives with its head never needs one).
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
 impl ProxyBody {
@@ -63,43 +97,82 @@ impl ProxyBody {
         ProxyBody::Full(None)
     }
 
-    pub fn upstream(inner: Incoming, keep: Option<Sender>, guard: UpstreamGuard) -> Self {
-        ProxyBody::Upstream { inner, keep, guard }
+    pub fn upstream(
+        inner: Incoming,
+        keep: Option<Sender>,
+        guard: UpstreamGuard,
+        proxy: Arc<Proxy>,
+    ) -> Self {
+        let timeout = proxy.config.limits.upstream_body_timeout;
+        ProxyBody::Upstream(Box::new(Upstream {
+            inner,
+            keep,
+            guard,
+            proxy,
+            timeout,
+            idle: None,
+        }))
+    }
+}
+
+impl Upstream {
+    fn finish(&mut self) {
+        if let Some(sender) = self.keep.take() {
+            self.guard.backend().pool.checkin(sender);
+        }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut *self {
-            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream { inner, keep, guard } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(None) => {
-                    if let Some(sender) = keep.take() {
-                        guard.backend().pool.checkin(sender);
-                    }
-                    Poll::Ready(None)
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let up = match &mut *self {
+            ProxyBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(up) => up,
+        };
+        match Pin::new(&mut up.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                up.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                up.keep.take();
+                let error = ProxyError::Upstream(e);
+                up.guard.body_failed(&up.proxy, &error);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = &mut up.idle {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + up.timeout);
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    keep.take();
-                    guard.backend().stats.errors.fetch_add(1, Relaxed);
-                    tracing::debug!(backend = %guard.backend().name(), error = %e, "backend body failed mid-stream");
-                    Poll::Ready(Some(Err(e)))
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                let timeout = up.timeout;
+                let idle = up
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                other => other,
-            },
+                up.keep.take();
+                let error = ProxyError::Timeout;
+                up.guard.body_failed(&up.proxy, &error);
+                Poll::Ready(Some(Err("the backend stalled mid-body".into())))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Upstream(up) => up.inner.is_end_stream(),
         }
     }
 
@@ -107,21 +180,17 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Upstream(up) => up.inner.size_hint(),
         }
     }
 }
 
-impl Drop for ProxyBody {
+impl Drop for Upstream {
     fn drop(&mut self) {
         // An empty body (204, Content-Length: 0) may never be polled: the
         // exchange is complete all the same, so the connection can be reused.
-        if let ProxyBody::Upstream { inner, keep, guard } = self {
-            if inner.is_end_stream() {
-                if let Some(sender) = keep.take() {
-                    guard.backend().pool.checkin(sender);
-                }
-            }
+        if self.inner.is_end_stream() {
+            self.finish();
         }
     }
 }

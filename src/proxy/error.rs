@@ -1,10 +1,13 @@
-//! Every way a proxied request can fail, and the one place they become HTTP.
+//! Every way a proxied request can fail. Which status and reason each
+//! becomes, whether it may be retried and whom it blames are rules, in
+//! [`super::rules`]; this module only builds the HTTP answer.
 
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 
 use super::body::ProxyBody;
-use crate::upstream::{ConnectError, UpstreamBody};
+use super::rules;
+use crate::upstream::ConnectError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -25,76 +28,37 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The client's request body broke off or was malformed mid-stream.
     #[error("client request body failed: {0}")]
-    ClientBody(hyper::Error),
-}
-
-/// A failed attempt; `request` is the request when none of it was sent, so
-/// the caller may try it elsewhere.
-pub struct Failure {
-    pub request: Option<Request<UpstreamBody>>,
-    pub error: ProxyError,
+    ClientBody(String),
+    /// The client stopped sending its request (body) for longer than
+    /// `CLIENT_BODY_TIMEOUT_SECS`.
+    #[error("the client stopped sending its request")]
+    ClientTimeout,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_)
-            | ProxyError::Upstream(_)
-            | ProxyError::UpstreamIo(_)
-            | ProxyError::BadResponse(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
-        }
+        StatusCode::from_u16(rules::answer(self).0).unwrap_or(StatusCode::BAD_GATEWAY)
     }
 
-    /// Whether the failure says something about the backend (and so should
-    /// count against it and take it out of rotation).
-    pub fn blames_backend(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect(_)
-                | ProxyError::Upstream(_)
-                | ProxyError::UpstreamIo(_)
-                | ProxyError::BadResponse(_)
-                | ProxyError::Timeout
-        )
-    }
-
-    /// Whether trying another backend could help. Not after a timeout (the
-    /// backend sat on the request: another try doubles the wait and maybe
-    /// the effect) nor after a broken client body.
-    pub fn may_try_next(&self) -> bool {
-        self.blames_backend() && !matches!(self, ProxyError::Timeout)
-    }
-
-    /// A short JSON answer. Backend addresses and error details go to the
-    /// log (debug), not to the client.
+    /// The balancer's answer (the error itself goes to the log, at debug).
     pub fn into_response(self) -> Response<ProxyBody> {
-        json_response(self.status(), &self.body())
-    }
-
-    /// The JSON body of the error's response (logs the error at debug).
-    pub fn body(&self) -> serde_json::Value {
-        let status = self.status();
-        tracing::debug!(status = status.as_u16(), error = %self, "request failed");
-        let reason = match self {
-            ProxyError::NoBackend => "no healthy backend",
-            ProxyError::Connect(_) => "no backend could be reached",
-            ProxyError::Upstream(_) | ProxyError::UpstreamIo(_) | ProxyError::BadResponse(_) => {
-                "the backend failed to answer"
-            }
-            ProxyError::Timeout => "the backend did not answer in time",
-            ProxyError::BadRequest(why) => why,
-            ProxyError::ClientBody(_) => "the request body could not be read",
-        };
-        serde_json::json!({ "error": reason, "status": status.as_u16() })
+        tracing::debug!(status = self.status().as_u16(), error = %self, "request failed");
+        let mut resp = json_bytes(self.status(), rules::answer_body(&self));
+        if matches!(self, ProxyError::ClientTimeout | ProxyError::ClientBody(_)) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 
 /// A JSON response of our own.
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(value.to_string()));
+    json_bytes(status, value.to_string())
+}
+
+fn json_bytes(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

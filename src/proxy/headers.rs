@@ -26,7 +26,7 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// [`rules::HOP_BY_HOP`] as header names (a lookup by a static name skips
 /// parsing the name on every request).
-static HOP_BY_HOP: [HeaderName; 9] = {
+static HOP_BY_HOP: [HeaderName; 8] = {
     let l = rules::HOP_BY_HOP;
     [
         HeaderName::from_static(l[0]),
@@ -37,7 +37,6 @@ static HOP_BY_HOP: [HeaderName; 9] = {
         HeaderName::from_static(l[5]),
         HeaderName::from_static(l[6]),
         HeaderName::from_static(l[7]),
-        HeaderName::from_static(l[8]),
     ]
 };
 

@@ -1,344 +1,214 @@
-//! The request path: key -> candidates -> forward -> fail over -> map errors.
+//! The request path: key -> candidates -> attempt -> outcome -> retry ->
+//! answer, the same on both transports.
+//!
+//! ```text
+//!  h1 (fast path) ─┐                      ┌─► select (strategy: candidates)
+//!                  ├─► driver ── rules ───┤
+//!  hyper_path ─────┘     │                └─► report (load, outlier, health wake)
+//!                        ▼
+//!                 upstream (pooled connections) ──► backend
+//! ```
 //!
 //! The HTTP/1.1 fast path ([`h1`]) serves the common request itself; every
-//! other connection is handed to hyper, where one [`Proxy`] serves it. For
-//! each request both take the current [`Pool`](crate::balancer::Pool)
-//! snapshot, hash the client key and walk that key's candidates in ring
-//! order, skipping backends that are down or draining. A request is tried
-//! on the next candidate when nothing of it reached the backend (connect
-//! failed, or hyper hands it back unsent); after it was sent, only an
-//! idempotent request without a body is retried (its head is kept for
-//! that). Errors map to HTTP in [`error`]: no backend 503, upstream failure
-//! 502, upstream timeout 504.
+//! other connection is handed to hyper ([`hyper_path`]). Both hand each
+//! request to the one [`driver`], which walks the strategy's candidates,
+//! asks the transport for one attempt at a time, reports every outcome in
+//! one place ([`report`]) and decides retries by [`rules`]. [`Proxy`] is what
+//! they share: the configuration, the published backend set, the counters,
+//! and the balancer's own pages, which the balancer plugs in.
 
 pub mod body;
 pub mod client_ip;
+pub mod driver;
 pub mod error;
 pub mod h1;
 pub mod headers;
+pub mod hyper_path;
+pub mod report;
 pub mod rules;
 mod tunnel;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
-use http_body_util::{Either, Empty};
-use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::http::request::Parts;
-use hyper::{Method, Request, Response, Uri, Version};
+use hyper::{Request, Response};
 
-use crate::backend::Backend;
-use crate::balancer::{Balancer, status};
-use crate::ring::key_hash;
-use crate::upstream::{Sender, UpstreamBody};
-use body::{ProxyBody, UpstreamGuard};
-use error::{Failure, ProxyError};
+use crate::backend::{Backend, Endpoint, Published, Snapshot};
+use crate::config::BalancerConfig;
+use crate::ring::{MAX_BACKENDS, key_hash};
+use crate::select::Queue;
+use crate::upstream::ConnPool;
+use body::ProxyBody;
+use client_ip::TrustedProxies;
 
-/// Serves the requests of one client connection.
+/// The balancer's own pages (`/lb`, `/health`, ...), answered for requests
+/// [`rules::is_own_endpoint`] names. A plain function: the balancer plugs
+/// its status module in, and the request path never imports the balancer.
+pub type Pages = fn(&Proxy, &Request<Incoming>) -> Response<ProxyBody>;
+
+/// Request totals across all backends.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub requests: AtomicU64,
+    pub failed: AtomicU64,
+    /// Keep-alive client connections idle in the fast path's parking lot
+    /// (kept by the lot).
+    pub parked: Arc<AtomicUsize>,
+}
+
+/// What the last discovery refresh did, for the status page.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryState {
+    pub last_refresh: Option<SystemTime>,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Everything the request path shares.
+#[derive(Debug)]
 pub struct Proxy {
-    state: Arc<Balancer>,
-    peer: SocketAddr,
-    conn: Arc<Pinned>,
+    pub config: BalancerConfig,
+    pub backends: Arc<Published>,
+    pub trusted: TrustedProxies,
+    pub totals: Totals,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// What the last discovery refresh did (written by the balancer's
+    /// discovery loop, shown by its pages).
+    pub discovery: Mutex<DiscoveryState>,
+    pages: Pages,
+    /// Whether the last look found too few backends available (panic
+    /// routing, logged once per episode).
+    panicking: AtomicBool,
 }
 
 impl Proxy {
-    pub fn new(state: Arc<Balancer>, peer: SocketAddr) -> Self {
+    pub fn new(config: BalancerConfig, pages: Pages) -> Proxy {
+        let s = &config.strategy;
         Proxy {
-            state,
-            peer,
-            conn: Arc::new(Pinned::default()),
+            backends: Arc::new(Published::new(s.strategy, s.select)),
+            trusted: TrustedProxies::new(config.trusted_proxies.clone()),
+            totals: Totals::default(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            discovery: Mutex::new(DiscoveryState::default()),
+            pages,
+            panicking: AtomicBool::new(false),
+            config,
         }
     }
-}
 
-/// The backend a client connection's latest request went to, behind the
-/// per-backend "clients connected" gauge. The mutex is held for a pointer
-/// compare, never across an await.
-#[derive(Default)]
-struct Pinned(Mutex<Option<Arc<Backend>>>);
-
-impl Pinned {
-    /// The pinned backend, its gauge count handed over with it (a parked
-    /// connection keeps counting as connected).
-    fn into_backend(mut self) -> Option<Arc<Backend>> {
-        self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take()
+    /// Answers one of the balancer's own paths.
+    pub fn page(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        (self.pages)(self, req)
     }
 
-    /// Takes back what [`Pinned::into_backend`] handed over.
-    fn from_backend(backend: Option<Arc<Backend>>) -> Pinned {
-        Pinned(Mutex::new(backend))
+    /// The client key of a request from `peer` (the fast path never serves
+    /// trusted proxies, so its key is the peer).
+    pub fn key(&self, client: IpAddr) -> u64 {
+        key_hash(client)
     }
 
-    fn repin(&self, backend: &Arc<Backend>) {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|b| Arc::ptr_eq(b, backend)) {
-            return;
+    /// Publishes `endpoints` as the backend set. Returns whether it changed.
+    /// Surviving backends keep their state; new ones trigger a health check.
+    pub fn set_backends(&self, mut endpoints: Vec<Endpoint>) -> bool {
+        endpoints.truncate(MAX_BACKENDS);
+        let current = self.backends.load();
+        let same = current.backends.len() == endpoints.len()
+            && current
+                .backends
+                .iter()
+                .zip(&endpoints)
+                .all(|(b, e)| b.endpoint == *e);
+        if same {
+            return false;
         }
-        backend.stats.clients.fetch_add(1, Relaxed);
-        if let Some(old) = slot.replace(Arc::clone(backend)) {
-            old.stats.clients.fetch_sub(1, Relaxed);
-        }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if let Some(b) = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            b.stats.clients.fetch_sub(1, Relaxed);
-        }
-    }
-}
-
-type ProxyFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
-
-impl hyper::service::Service<Request<Incoming>> for Proxy {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = ProxyFuture;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        if status::is_own_endpoint(req.uri().path()) {
-            let resp = status::handle(&self.state, &req);
-            return Box::pin(std::future::ready(Ok(resp)));
-        }
-        let state = Arc::clone(&self.state);
-        let conn = Arc::clone(&self.conn);
-        let peer = self.peer;
-        Box::pin(async move {
-            let resp = match forward(&state, peer, req).await {
-                Ok((resp, backend)) => {
-                    conn.repin(&backend);
-                    resp
+        let limits = &self.config.limits;
+        let mut added = Vec::new();
+        let backends: Vec<Arc<Backend>> = endpoints
+            .into_iter()
+            .map(|e| {
+                if let Some(b) = current.backends.iter().find(|b| b.endpoint == e) {
+                    return Arc::clone(b);
                 }
-                Err(e) => e.into_response(),
-            };
-            Ok(resp)
-        })
-    }
-}
-
-/// Methods that may be replayed after they reached a backend (RFC 9110 §9.2.2).
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
-/// What is kept of a request so it can be sent again after a failure that
-/// happened once it was on the wire.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: hyper::HeaderMap,
-}
-
-impl Replay {
-    fn request(&self) -> Request<UpstreamBody> {
-        let mut req = Request::new(Either::Right(Empty::new()));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
-/// Forwards one request; returns the response and the backend that gave it.
-async fn forward(
-    state: &Balancer,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
-    state.totals.requests.fetch_add(1, Relaxed);
-    let client = state.trusted.client_ip(peer.ip(), req.headers());
-    let from_trusted = !state.trusted.is_empty() && state.trusted.contains(peer.ip());
-    let hash = key_hash(client);
-    let upgrade = headers::is_upgrade(req.headers());
-    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-    let (mut parts, body) = req.into_parts();
-    rewrite_head(&mut parts, peer, client, from_trusted, upgrade)?;
-    let replay =
-        (is_idempotent(&parts.method) && body.is_end_stream() && !upgrade).then(|| Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-        });
-    let mut pending = Some(Request::from_parts(parts, Either::Left(body)));
-
-    let pool = state.pool();
-    let mut last_error = None;
-    for idx in pool.ring.candidates(hash) {
-        let backend = &pool.backends[idx];
-        if !backend.is_available() {
-            continue;
+                added.push(e.name.clone());
+                let pool = ConnPool::new(
+                    e.addr,
+                    limits.pool_max_idle,
+                    limits.pool_idle_timeout,
+                    limits.connect_timeout,
+                );
+                Arc::new(Backend::new(e, pool))
+            })
+            .collect();
+        let removed: Vec<&str> = current
+            .backends
+            .iter()
+            .filter(|b| !backends.iter().any(|n| Arc::ptr_eq(n, b)))
+            .map(|b| b.name())
+            .collect();
+        tracing::info!(
+            backends = backends.len(),
+            added = ?added,
+            removed = ?removed,
+            "backend set changed"
+        );
+        let s = &self.config.strategy;
+        self.backends
+            .store(Snapshot::build(backends, s.strategy, s.select));
+        if !added.is_empty() {
+            self.backends.wake.notify_one();
         }
-        let Some(request) = pending
-            .take()
-            .or_else(|| replay.as_ref().map(Replay::request))
-        else {
-            break;
-        };
-        match send(state, backend, request, upgrade).await {
-            Ok(resp) => {
-                let resp = match on_client_upgrade {
-                    Some(client_side) => tunnel::splice(resp, client_side, Arc::clone(backend)),
-                    None => resp,
-                };
-                return Ok((resp, Arc::clone(backend)));
-            }
-            Err(Failure { request, error }) => {
-                if error.blames_backend() {
-                    backend.stats.errors.fetch_add(1, Relaxed);
-                    state.passive_failure(backend, &error);
-                }
-                let next = error.may_try_next();
-                pending = request;
-                last_error = Some(error);
-                if !next {
-                    break;
-                }
+        true
+    }
+
+    /// Whether `backend` may take a new request from the strategy's point
+    /// of view (least-queue also needs an answering queue endpoint).
+    #[inline]
+    pub fn available(&self, backend: &Backend) -> bool {
+        backend.is_available()
+            && (self.config.strategy.strategy != crate::select::Strategy::LeastQueue
+                || backend.load.queue() != Queue::Failed)
+    }
+
+    /// Whether fewer than `PANIC_THRESHOLD_PERCENT` of the backends that pass
+    /// their active checks are available (the rest ejected by outlier
+    /// detection, or out of least-queue's rotation): then requests go to
+    /// all of those that pass their checks (Envoy's panic routing: when most
+    /// of the set looks bad, the inference is more likely wrong than the
+    /// backends, and a few survivors would be crushed). A backend failing
+    /// its own health check is never chosen, so with none passing, the
+    /// answer stays 503. Logged once when it starts and once when it ends.
+    pub fn panic_mode(&self, snapshot: &Snapshot) -> bool {
+        let threshold = u64::from(self.config.outlier.panic_threshold_percent);
+        let (mut checked, mut available) = (0u64, 0u64);
+        for b in &snapshot.backends {
+            if b.endpoint.weight > 0 && b.health.is_up() {
+                checked += 1;
+                available += u64::from(self.available(b));
             }
         }
-    }
-    state.totals.failed.fetch_add(1, Relaxed);
-    Err(last_error.unwrap_or(ProxyError::NoBackend))
-}
-
-/// Rewrites the request head for the backend: origin-form URI, HTTP/1.1, a
-/// Host header, no hop-by-hop headers, forwarding headers set.
-fn rewrite_head(
-    parts: &mut Parts,
-    peer: SocketAddr,
-    client: std::net::IpAddr,
-    from_trusted: bool,
-    upgrade: bool,
-) -> Result<(), ProxyError> {
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the authority in the URI; HTTP/1.1 backends need Host.
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| HeaderValue::from_str(a.as_str()));
-        match authority {
-            Some(Ok(v)) => {
-                parts.headers.insert(header::HOST, v);
-            }
-            Some(Err(_)) => return Err(ProxyError::BadRequest("invalid authority")),
-            None if parts.version == Version::HTTP_11 => {
-                return Err(ProxyError::BadRequest("missing Host header"));
-            }
-            // An HTTP/1.0 request may lack Host; the HTTP/1.1 request made
-            // of it may not: an empty one is what RFC 9112 §3.2 prescribes
-            // for a target without an authority.
-            None => {
-                parts
-                    .headers
-                    .insert(header::HOST, HeaderValue::from_static(""));
+        let panic = checked > 0 && available * 100 < threshold * checked;
+        if self.panicking.swap(panic, Relaxed) != panic {
+            if panic {
+                tracing::warn!(
+                    available,
+                    passing_checks = checked,
+                    threshold_percent = threshold,
+                    "panic routing: too few backends available, sending requests to every backend that passes its checks"
+                );
+            } else {
+                tracing::info!(available, passing_checks = checked, "panic routing over");
             }
         }
+        panic
     }
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = pq
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-    }
-    parts.version = Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .filter(|h| !h.is_empty())
-        .cloned();
-    headers::set_forwarding(
-        &mut parts.headers,
-        peer.ip(),
-        client,
-        from_trusted,
-        host.as_ref(),
-    );
-    Ok(())
-}
 
-/// One attempt on one backend.
-async fn send(
-    state: &Balancer,
-    backend: &Arc<Backend>,
-    mut req: Request<UpstreamBody>,
-    upgrade: bool,
-) -> Result<Response<ProxyBody>, Failure> {
-    let guard = UpstreamGuard::new(Arc::clone(backend));
-    let timeout = state.config.limits.upstream_timeout;
-    // A pooled connection may have been closed by the backend while idle; if
-    // hyper hands the request back unsent, try once more on a fresh one.
-    let mut pooled = if upgrade {
-        None
-    } else {
-        backend.pool.checkout().await
-    };
-    loop {
-        let reused = pooled.is_some();
-        let mut sender: Sender = match pooled.take() {
-            Some(s) => s,
-            None => match backend.pool.connect().await {
-                Ok(s) => s,
-                Err(e) => {
-                    return Err(Failure {
-                        request: Some(req),
-                        error: ProxyError::Connect(e),
-                    });
-                }
-            },
-        };
-        let sent = tokio::time::timeout(timeout, sender.try_send_request(req)).await;
-        match sent {
-            Err(_) => {
-                return Err(Failure {
-                    request: None,
-                    error: ProxyError::Timeout,
-                });
-            }
-            Ok(Ok(mut resp)) => {
-                let switching = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
-                // A chunked body's length is its chunking: a Content-Length
-                // beside it must go (RFC 9112 §6.3), not reach the client.
-                if resp.headers().contains_key(header::TRANSFER_ENCODING) {
-                    resp.headers_mut().remove(header::CONTENT_LENGTH);
-                }
-                headers::strip_hop_by_hop(resp.headers_mut(), switching);
-                let keep = (!upgrade).then_some(sender);
-                return Ok(resp.map(|b| ProxyBody::upstream(b, keep, guard)));
-            }
-            // The client's own body broke: not the backend's fault, and the
-            // body is gone, so there is nothing to retry.
-            Ok(Err(e)) if e.error().is_user() => {
-                return Err(Failure {
-                    request: None,
-                    error: ProxyError::ClientBody(e.into_error()),
-                });
-            }
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(unsent) if reused => req = unsent,
-                Some(unsent) => {
-                    return Err(Failure {
-                        request: Some(unsent),
-                        error: ProxyError::Upstream(e.into_error()),
-                    });
-                }
-                None => {
-                    return Err(Failure {
-                        request: None,
-                        error: ProxyError::Upstream(e.into_error()),
-                    });
-                }
-            },
-        }
+    /// Whether the last look found the balancer in panic routing.
+    pub fn is_panicking(&self) -> bool {
+        self.panicking.load(Relaxed)
     }
 }

@@ -1,8 +1,31 @@
-//! The proxy's header rules as pure functions, one place for both request
+//! The proxy's rules as pure functions (no I/O), one place for both request
 //! paths: the HTTP/1.1 fast path ([`super::h1`]) asks them about the bytes it
-//! parsed in place, the hyper path ([`super::headers`]) about its header
-//! maps. A rule that differs between the two by accident is a security bug
-//! (see `tests/smuggling.rs`), so neither path keeps a list of its own.
+//! parsed in place, the hyper path ([`super::hyper_path`], [`super::headers`])
+//! about its header maps, and the one request driver ([`super::driver`])
+//! about retries and blame. A rule that differs between the two paths by
+//! accident is a bug (a security bug for framing: see `tests/smuggling.rs`),
+//! so neither path keeps a list of its own; `tests/rules.rs` runs each rule
+//! through both over real sockets.
+//!
+//! - **Headers**: what is hop-by-hop, what `Connection` may name, which
+//!   forwarding headers the balancer writes (below).
+//! - **Retries** ([`may_retry`]): a request goes to the next candidate when
+//!   none of it reached the backend (no connection, or a pooled connection
+//!   that turned out closed before anything was sent), or when it is
+//!   idempotent (RFC 9110 §9.2.2, or carries an `Idempotency-Key`) *and* its
+//!   body was kept whole (at most [`REPLAY_BODY_MAX`] bytes, the same bound
+//!   on both paths), never after a timeout (another try would double the
+//!   wait, and the backend may still be working on it), never after the
+//!   client's own body broke.
+//!   A failure on a reused idle connection before any answer goes once
+//!   more to the same backend on a new connection ([`may_retry_fresh`]).
+//! - **Blame** ([`blame`], [`status_blames`]): which failures count against
+//!   a backend in outlier detection; a client's slowness or a local
+//!   resource shortage never does.
+//! - **The balancer's own answers** ([`answer`]): which failure becomes which
+//!   status and JSON reason.
+//! - **Own endpoints** ([`is_own_endpoint`]): the paths the balancer answers
+//!   itself, never proxied.
 //!
 //! # What `Connection` may and may not remove
 //!
@@ -31,17 +54,21 @@
 //! HAProxy and nginx do: neither removes `Connection`-named headers at all)
 //! and takes from the attacker everything the option could do.
 
+use super::error::ProxyError;
+use crate::health::outlier::Fault;
+
 /// The hop-by-hop headers every proxy drops in both directions (RFC 9110
 /// §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`), in lower
-/// case. `Upgrade` passes only in a tunnel's handshake.
-pub const HOP_BY_HOP: [&str; 9] = [
+/// case. `Upgrade` passes only in a tunnel's handshake. `Trailer` is not
+/// one (RFC 2616 listed it; RFC 9110 does not): it announces the trailer
+/// fields of a chunked body, which travel end to end.
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
@@ -59,7 +86,6 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         (18, Some(b'p')) => b"proxy-authenticate",
         (19, Some(b'p')) => b"proxy-authorization",
         (2, Some(b't')) => b"te",
-        (7, Some(b't')) => b"trailer",
         (17, Some(b't')) => b"transfer-encoding",
         (7, Some(b'u')) => b"upgrade",
         _ => return false,
@@ -101,6 +127,104 @@ pub fn connection_may_drop(name: &[u8]) -> bool {
         || name.eq_ignore_ascii_case(b"transfer-encoding")
         || name.eq_ignore_ascii_case(b"host")
         || is_forwarding(name))
+}
+
+/// Paths the balancer answers itself (status, health, metrics and the
+/// management API under `/lb/`); every other path is proxied.
+pub fn is_own_endpoint(path: &str) -> bool {
+    matches!(path, "/health" | "/metrics" | "/lb") || path.starts_with("/lb/")
+}
+
+/// The largest request body kept whole for a retry. Both paths buffer a
+/// body up to this before sending it (the fast path serves no larger one);
+/// a larger body streams, and a request whose body streamed is never sent
+/// twice.
+pub const REPLAY_BODY_MAX: usize = 64 * 1024;
+
+/// Whether sending a request twice has the effect of sending it once:
+/// the idempotent methods of RFC 9110 §9.2.2, or any request carrying an
+/// `Idempotency-Key` (the IETF draft, and Stripe's practice).
+pub fn is_idempotent(method: &[u8], idempotency_key: bool) -> bool {
+    idempotency_key
+        || matches!(
+            method,
+            b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+        )
+}
+
+/// Whether a failed attempt may be tried on the next candidate. `sent`:
+/// some of the request may have reached the backend; `replayable`: it is
+/// idempotent and its body was kept whole.
+pub fn may_retry(error: &ProxyError, sent: bool, replayable: bool) -> bool {
+    match error {
+        ProxyError::Connect(_) => true,
+        ProxyError::Upstream(_) | ProxyError::UpstreamIo(_) | ProxyError::BadResponse(_) => {
+            !sent || replayable
+        }
+        // The backend sat on it: it may still act on it, and another try
+        // doubles the client's wait.
+        ProxyError::Timeout => false,
+        ProxyError::NoBackend
+        | ProxyError::BadRequest(_)
+        | ProxyError::ClientBody(_)
+        | ProxyError::ClientTimeout => false,
+    }
+}
+
+/// Whether an attempt that failed on a reused idle connection before any
+/// byte of an answer (`stale`) goes once more to the same backend, on a new
+/// connection, without counting against it: a keep-alive connection the
+/// backend closed just as it was reused is a race, not a failure (nginx and
+/// HAProxy retry it too). Only when nothing was sent, or the request may be
+/// sent again anyway.
+pub fn may_retry_fresh(stale: bool, sent: bool, replayable: bool) -> bool {
+    stale && (!sent || replayable)
+}
+
+/// What a failure says about the backend, for outlier detection: `None`
+/// when it was not the backend's doing (the client's body, a local
+/// shortage of file descriptors or ports).
+pub fn blame(error: &ProxyError, client: u64) -> Option<Fault> {
+    match error {
+        ProxyError::Connect(e) if e.is_local() => None,
+        ProxyError::Connect(_) => Some(Fault::Connect),
+        ProxyError::Upstream(_) | ProxyError::UpstreamIo(_) | ProxyError::BadResponse(_) => {
+            Some(Fault::Answer)
+        }
+        ProxyError::Timeout => Some(Fault::Timeout { client }),
+        ProxyError::NoBackend
+        | ProxyError::BadRequest(_)
+        | ProxyError::ClientBody(_)
+        | ProxyError::ClientTimeout => None,
+    }
+}
+
+/// Whether a backend's own answer is a gateway failure (it is passed to the
+/// client as it is, and counts in outlier detection).
+pub fn status_blames(status: u16) -> bool {
+    matches!(status, 502..=504)
+}
+
+/// The balancer's answer to a failure: status and the JSON body's reason.
+/// Backend addresses and error details go to the log, never to the client.
+pub fn answer(error: &ProxyError) -> (u16, &'static str) {
+    match error {
+        ProxyError::NoBackend => (503, "no healthy backend"),
+        ProxyError::Connect(_) => (502, "no backend could be reached"),
+        ProxyError::Upstream(_) | ProxyError::UpstreamIo(_) | ProxyError::BadResponse(_) => {
+            (502, "the backend failed to answer")
+        }
+        ProxyError::Timeout => (504, "the backend did not answer in time"),
+        ProxyError::BadRequest(why) => (400, why),
+        ProxyError::ClientBody(_) => (400, "the request body could not be read"),
+        ProxyError::ClientTimeout => (408, "the request was not received in time"),
+    }
+}
+
+/// The JSON body of the balancer's answer to `error`.
+pub fn answer_body(error: &ProxyError) -> String {
+    let (status, reason) = answer(error);
+    serde_json::json!({ "error": reason, "status": status }).to_string()
 }
 
 #[cfg(test)]
@@ -147,6 +271,70 @@ mod tests {
                 !is_hop_by_hop(&near) && !is_forwarding(&near),
                 "{name} altered"
             );
+        }
+    }
+
+    #[test]
+    fn retries_need_an_unsent_request_or_a_replayable_one_and_never_follow_a_timeout() {
+        use std::io::{Error, ErrorKind};
+        let reset = || ProxyError::UpstreamIo(Error::from(ErrorKind::ConnectionReset));
+        let refused = || {
+            ProxyError::Connect(crate::upstream::ConnectError::Io(
+                "127.0.0.1:1".parse().unwrap(),
+                Error::from(ErrorKind::ConnectionRefused),
+            ))
+        };
+        // (error, sent, replayable) -> may retry
+        let cases = [
+            (refused(), true, false, true),
+            (reset(), false, false, true),
+            (reset(), true, false, false),
+            (reset(), true, true, true),
+            (ProxyError::BadResponse("x"), true, true, true),
+            (ProxyError::Timeout, false, true, false),
+            (ProxyError::ClientTimeout, false, true, false),
+        ];
+        for (error, sent, replayable, want) in cases {
+            assert_eq!(
+                may_retry(&error, sent, replayable),
+                want,
+                "{error:?} {sent} {replayable}"
+            );
+        }
+        assert!(is_idempotent(b"PUT", false) && !is_idempotent(b"POST", false));
+        assert!(is_idempotent(b"POST", true));
+    }
+
+    #[test]
+    fn a_client_or_local_failure_blames_no_backend() {
+        use std::io::Error;
+        let emfile = ProxyError::Connect(crate::upstream::ConnectError::Io(
+            "127.0.0.1:1".parse().unwrap(),
+            Error::from_raw_os_error(24),
+        ));
+        assert_eq!(blame(&emfile, 1), None);
+        assert_eq!(blame(&ProxyError::ClientTimeout, 1), None);
+        assert_eq!(
+            blame(&ProxyError::Timeout, 9),
+            Some(Fault::Timeout { client: 9 })
+        );
+        assert!(status_blames(503) && !status_blames(500) && !status_blames(429));
+    }
+
+    #[test]
+    fn own_endpoints_are_the_status_health_metrics_and_lb_paths() {
+        for p in [
+            "/health",
+            "/metrics",
+            "/lb",
+            "/lb/",
+            "/lb/status",
+            "/lb/backends/x/drain",
+        ] {
+            assert!(is_own_endpoint(p), "{p}");
+        }
+        for p in ["/", "/healthz", "/lbx", "/api/lb", "/metrics/x"] {
+            assert!(!is_own_endpoint(p), "{p}");
         }
     }
 

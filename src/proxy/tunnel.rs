@@ -1,29 +1,32 @@
 //! `Upgrade` tunnels (WebSocket and friends): once the backend answers
 //! `101 Switching Protocols`, both upgraded connections are spliced together
-//! until either side closes. The tunnel counts as one active request on its
-//! backend for as long as it is open.
+//! until either side closes. The tunnel counts as one request in flight on
+//! its backend for as long as it is open.
 
 use std::sync::Arc;
 
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use super::Proxy;
 use super::body::{ProxyBody, UpstreamGuard};
-use crate::backend::Backend;
 
-/// Passes `resp` through; if it is a 101, splices the two sides in a task.
+/// Passes `resp` through; if it is a 101, splices the two sides in a task
+/// that keeps `guard` (the request in flight) until the tunnel closes.
 pub fn splice(
-    mut resp: Response<ProxyBody>,
+    mut resp: Response<Incoming>,
     client: OnUpgrade,
-    backend: Arc<Backend>,
+    guard: UpstreamGuard,
+    proxy: &Arc<Proxy>,
 ) -> Response<ProxyBody> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return resp;
+        // Refused: an ordinary answer, on a connection never pooled.
+        return resp.map(|b| ProxyBody::upstream(b, None, guard, Arc::clone(proxy)));
     }
     let upstream = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
-        let guard = UpstreamGuard::new(backend);
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -41,5 +44,5 @@ pub fn splice(
             }
         }
     });
-    resp
+    resp.map(|_| ProxyBody::empty())
 }

@@ -121,9 +121,23 @@ impl Load {
         *ewma = (next, Some(now));
     }
 
-    /// The latency estimate in nanoseconds.
+    /// The latency estimate in nanoseconds, decayed for the time since the
+    /// last sample (as tower's `PeakEwma` does when read): a backend that
+    /// was slow once and has had no traffic since looks faster and faster,
+    /// so it is tried, and measured, again.
     pub fn latency_ns(&self) -> f64 {
-        self.ewma.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.latency_ns_at(Instant::now())
+    }
+
+    fn latency_ns_at(&self, now: Instant) -> f64 {
+        let (estimate, last) = *self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        match last {
+            None => estimate,
+            Some(last) => {
+                let idle = now.saturating_duration_since(last).as_secs_f64();
+                estimate * (-idle / DECAY.as_secs_f64()).exp()
+            }
+        }
     }
 
     /// The cost least-time compares: latency times the work queued behind it.
@@ -183,14 +197,22 @@ mod tests {
         let load = Load::default();
         let t0 = Instant::now();
         load.record_latency_at(Duration::from_millis(5), t0);
-        assert_eq!(load.latency_ns(), 5e6);
+        assert_eq!(load.latency_ns_at(t0), 5e6);
         load.record_latency_at(Duration::from_millis(50), t0);
-        assert_eq!(load.latency_ns(), 50e6, "peak: a slower sample replaces");
+        assert_eq!(
+            load.latency_ns_at(t0),
+            50e6,
+            "peak: a slower sample replaces"
+        );
+        // Unsampled for one time constant, it reads e times smaller.
+        let idle = load.latency_ns_at(t0 + DECAY);
+        assert!((idle - 50e6 / std::f64::consts::E).abs() < 1.0, "{idle}");
         // One time constant later a 5 ms sample moves the estimate 63% of
         // the way down.
-        load.record_latency_at(Duration::from_millis(5), t0 + DECAY);
+        let t1 = t0 + DECAY;
+        load.record_latency_at(Duration::from_millis(5), t1);
         let expected = 50e6 * (-1f64).exp() + 5e6 * (1.0 - (-1f64).exp());
-        assert!((load.latency_ns() - expected).abs() < 1.0);
+        assert!((load.latency_ns_at(t1) - expected).abs() < 1.0);
     }
 
     #[test]

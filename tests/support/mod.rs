@@ -79,11 +79,15 @@ where
 /// `{"backend", "path", "x_forwarded_for", "x_real_ip", "x_forwarded_proto", "x_forwarded_host"}`.
 ///
 /// `/health` answers 200 or 503 (see [`TestBackend::set_healthy`]),
-/// `/slow?ms=N` waits N ms first, `/ws` is a WebSocket echo.
+/// `/slow?ms=N` waits N ms first, `/ws` is a WebSocket echo, `/api/queue`
+/// answers ComfyUI's queue shape with [`TestBackend::set_queue`]'s length.
+/// [`TestBackend::set_delay`] slows every other answer down.
 pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
     healthy: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    queue: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -103,10 +107,14 @@ impl TestBackend {
         let addr = listener.local_addr().expect("local addr");
         let healthy = Arc::new(AtomicBool::new(true));
         let requests = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let queue = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = oneshot::channel();
         let shared = Shared {
             name: name.to_owned(),
             healthy: healthy.clone(),
+            delay_ms: delay_ms.clone(),
+            queue: queue.clone(),
             requests: requests.clone(),
         };
         let task = tokio::spawn(accept_loop(listener, Arc::new(shared), stopped));
@@ -114,6 +122,8 @@ impl TestBackend {
             name: name.to_owned(),
             addr,
             healthy,
+            delay_ms,
+            queue,
             requests,
             stop: Some(stop),
             task,
@@ -122,6 +132,18 @@ impl TestBackend {
 
     pub fn set_healthy(&self, up: bool) {
         self.healthy.store(up, Ordering::SeqCst);
+    }
+
+    /// Every answer but `/health` and `/api/queue` waits this long first.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The length `/api/queue` reports (running 1 when non-zero, the rest
+    /// pending).
+    pub fn set_queue(&self, n: u64) {
+        self.queue.store(n, Ordering::SeqCst);
     }
 
     /// Kills the backend the hard way: listener and every open connection
@@ -143,6 +165,8 @@ impl Drop for TestBackend {
 struct Shared {
     name: String,
     healthy: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    queue: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
 }
 
@@ -189,6 +213,17 @@ async fn backend_handle(
     }
     if path == "/ws" {
         return Ok(websocket_echo(&shared.name, &mut req));
+    }
+    if path == "/api/queue" {
+        let n = shared.queue.load(Ordering::SeqCst) as usize;
+        let running: Vec<u32> = (0..n.min(1) as u32).collect();
+        let pending: Vec<u32> = (0..n.saturating_sub(1) as u32).collect();
+        let body = serde_json::json!({ "queue_running": running, "queue_pending": pending });
+        return Ok(reply(&shared.name, StatusCode::OK, body.to_string()));
+    }
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if path == "/slow" {
         let ms: u64 = req

@@ -389,6 +389,9 @@ pub enum Then {
     CloseAfter(Duration),
     /// Holds the connection open and never answers anything again.
     Hang,
+    /// Resets the connection at once (an RST rather than a FIN, as when a
+    /// process crashes with the request read).
+    Reset,
 }
 
 /// A raw backend's answer to one request: exact bytes, then what to do.
@@ -411,6 +414,15 @@ impl Answer {
     /// The same answer, written only after `delay`.
     pub fn delayed(self, delay: Duration) -> Answer {
         Answer { delay, ..self }
+    }
+
+    /// No answer at all (the request has been read whole), then `then`.
+    pub fn nothing(then: Then) -> Answer {
+        Answer {
+            bytes: Vec::new(),
+            then,
+            delay: Duration::ZERO,
+        }
     }
 }
 
@@ -649,6 +661,10 @@ pub async fn raw_serve(w: &mut Wire, conn: usize, behaviour: &Behaviour) -> io::
                 return Ok(());
             }
             Then::Hang => std::future::pending::<()>().await,
+            Then::Reset => {
+                w.stream.set_zero_linger()?;
+                return Ok(());
+            }
         }
     }
 }

@@ -88,8 +88,30 @@ impl Chunked {
     /// `\r`, and hold no control bytes: whatever the balancer relays, a
     /// strict client frames the same way.
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, Malformed> {
+        self.scan(buf, false)
+    }
+
+    /// Like [`Chunked::feed`], but stops where the trailer section begins
+    /// (after the last chunk's size line), so a caller can leave the
+    /// trailer fields out.
+    pub fn feed_to_trailers(&mut self, buf: &[u8]) -> Result<usize, Malformed> {
+        self.scan(buf, true)
+    }
+
+    /// Inside the trailer section (the last chunk was seen).
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.0,
+            State::TrailerLine { .. } | State::TrailerRest { .. }
+        )
+    }
+
+    fn scan(&mut self, buf: &[u8], stop_at_trailers: bool) -> Result<usize, Malformed> {
         let mut i = 0;
         while i < buf.len() {
+            if stop_at_trailers && self.in_trailers() {
+                return Ok(i);
+            }
             let b = buf[i];
             self.0 = match self.0 {
                 State::Size { size, digits } => match hex(b) {

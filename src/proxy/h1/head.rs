@@ -17,7 +17,7 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 use super::chunked::{Chunked, Malformed};
-use crate::balancer::status::is_own_endpoint;
+
 use crate::proxy::rules;
 
 /// Most header lines one head may carry (hyper's limit too).
@@ -44,10 +44,12 @@ pub struct RequestHead {
     pub head_len: usize,
     /// `Content-Length` (0 without one).
     pub body_len: usize,
-    /// Safe to send again after a failure (RFC 9110 §9.2.2).
+    /// Safe to send again after a failure ([`rules::is_idempotent`]).
     pub idempotent: bool,
     /// The client asked to close the connection after this exchange.
     pub close: bool,
+    /// The client takes trailer fields (`TE: trailers`).
+    pub te_trailers: bool,
 }
 
 /// Parses the request head at the start of `buf` and writes the backend's
@@ -66,7 +68,7 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Request::Unusual;
     };
-    let own_page = is_own_endpoint(path.split_once('?').map_or(path, |(p, _)| p));
+    let own_page = rules::is_own_endpoint(path.split_once('?').map_or(path, |(p, _)| p));
     if !path.starts_with('/') || own_page {
         return Request::Unusual;
     }
@@ -74,10 +76,16 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     let mut host = None;
     let mut body_len = None;
     let mut close = false;
+    let mut idempotency_key = false;
+    let mut te_trailers = false;
     let mut named = Named::default();
     for line in req.headers.iter() {
         let name = line.name;
-        if name.eq_ignore_ascii_case("host") {
+        if name.len() == 15 && name.eq_ignore_ascii_case("idempotency-key") {
+            idempotency_key = true;
+        } else if name.len() == 2 && name.eq_ignore_ascii_case("te") {
+            te_trailers |= tokens(line.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+        } else if name.eq_ignore_ascii_case("host") {
             if host.replace(line.value).is_some() {
                 return Request::Unusual;
             }
@@ -147,11 +155,9 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     Request::Ready(RequestHead {
         head_len,
         body_len: body_len.unwrap_or(0),
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-        ),
+        idempotent: rules::is_idempotent(method.as_bytes(), idempotency_key),
         close,
+        te_trailers,
     })
 }
 
@@ -190,17 +196,34 @@ pub enum Framing {
 }
 
 /// Follows a response body across reads: which of the bytes the backend
-/// sends belong to it, and when it is complete.
+/// sends belong to it, which of those are passed on, and when it is
+/// complete. A chunked body's trailer fields are passed on only to a client
+/// that said it takes them (`TE: trailers`), as hyper's path does.
 #[derive(Debug, Clone)]
 pub struct BodyProgress {
     framing: Framing,
     /// Bytes still to come of a `Length` body.
     left: u64,
     chunks: Chunked,
+    keep_trailers: bool,
+    /// Leaving a trailer section out.
+    swallowing: bool,
+}
+
+/// What [`BodyProgress::feed`] made of some bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    /// How many belong to the body (the rest, if any, do not).
+    pub used: usize,
+    /// How many of those, from the start, to pass on.
+    pub pass: usize,
+    /// What to send after them: the end of a chunked body whose trailer
+    /// fields were left out.
+    pub tail: &'static [u8],
 }
 
 impl BodyProgress {
-    pub fn new(framing: Framing) -> Self {
+    pub fn new(framing: Framing, keep_trailers: bool) -> Self {
         let left = match framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -209,23 +232,46 @@ impl BodyProgress {
             framing,
             left,
             chunks: Chunked::default(),
+            keep_trailers,
+            swallowing: false,
         }
     }
 
-    /// Of `bytes`, the next ones from the backend, how many belong to the
-    /// body (all of them unless it ends inside).
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+    /// Takes the next bytes from the backend.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Fed, Malformed> {
+        let all = |n| Fed {
+            used: n,
+            pass: n,
+            tail: b"",
+        };
         Ok(match self.framing {
-            Framing::Empty => 0,
+            Framing::Empty => all(0),
             Framing::Length(_) => {
                 let take = bytes
                     .len()
                     .min(usize::try_from(self.left).unwrap_or(usize::MAX));
                 self.left -= take as u64;
-                take
+                all(take)
             }
-            Framing::Chunked => self.chunks.feed(bytes)?,
-            Framing::UntilClose => bytes.len(),
+            Framing::Chunked if self.keep_trailers => all(self.chunks.feed(bytes)?),
+            Framing::Chunked => {
+                let mut pass = 0;
+                if !self.swallowing {
+                    pass = self.chunks.feed_to_trailers(bytes)?;
+                    self.swallowing = self.chunks.in_trailers();
+                }
+                let mut used = pass;
+                if self.swallowing {
+                    used += self.chunks.feed(&bytes[pass..])?;
+                }
+                let tail: &'static [u8] = if self.swallowing && self.chunks.is_done() {
+                    b"\r\n"
+                } else {
+                    b""
+                };
+                Fed { used, pass, tail }
+            }
+            Framing::UntilClose => all(bytes.len()),
         })
     }
 
@@ -330,8 +376,10 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
     let length =
         length.filter(|_| chunked.is_none() && !(100..200).contains(&status) && status != 204);
     let mut length_written = false;
+    let mut has_date = false;
     for line in resp.headers.iter() {
         let name = line.name.as_bytes();
+        has_date |= name.eq_ignore_ascii_case(b"date");
         let drop = if name.eq_ignore_ascii_case(b"transfer-encoding") {
             framing != Framing::Chunked && !head_request
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -346,6 +394,9 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
         if !drop {
             push_line(out, name, line.value);
         }
+    }
+    if !has_date {
+        push_date(out);
     }
     if close_client {
         out.extend_from_slice(b"connection: close\r\n");
@@ -376,11 +427,40 @@ pub fn own_response(
         "HTTP/1.1 {status:03} {reason}\r\ncontent-type: {content_type}\r\ncache-control: no-store\r\ncontent-length: {}\r\n",
         body.len()
     );
+    push_date(out);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+}
+
+thread_local! {
+    /// This second's `Date` value (an HTTP-date is always 29 bytes),
+    /// formatted once a second per thread, as hyper caches its own.
+    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+}
+
+/// A `Date` line: a proxy forwarding a response without one adds it (RFC
+/// 9110 §6.6.1), and the balancer's own answers carry one, as hyper's do.
+fn push_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut date = cell.borrow_mut();
+        if date.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                date.1.copy_from_slice(text.as_bytes());
+                date.0 = secs;
+            }
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&date.1);
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 /// Request headers never passed on: hop-by-hop, and the forwarding headers
@@ -496,7 +576,8 @@ mod tests {
                 head_len,
                 body_len: 0,
                 idempotent: true,
-                close: false
+                close: false,
+                te_trailers: true,
             })
         );
         assert_eq!(
@@ -549,12 +630,42 @@ mod tests {
         assert_eq!(rewrite(b"GE").0, Request::Partial);
     }
 
+    /// The rewritten head, without the `Date` line the balancer adds to a
+    /// response that has none (checked here: exactly one, well formed).
     fn answer(resp: &[u8], head_request: bool, close: bool) -> (ResponseHead, String) {
         let mut out = Vec::new();
         match response(resp, head_request, close, &mut out) {
-            Response::Ready(head) => (head, String::from_utf8(out).unwrap()),
+            Response::Ready(head) => {
+                let text = String::from_utf8(out).unwrap();
+                let dates: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.to_ascii_lowercase().starts_with("date: "))
+                    .collect();
+                assert_eq!(dates.len(), 1, "{text}");
+                assert!(httpdate::parse_http_date(&dates[0][6..]).is_ok(), "{text}");
+                let without = text.replace(&format!("{}\r\n", dates[0]), "");
+                (head, without)
+            }
             other => panic!("{other:?} for {}", String::from_utf8_lossy(resp)),
         }
+    }
+
+    #[test]
+    fn a_backends_own_date_is_kept_and_not_doubled() {
+        let mut out = Vec::new();
+        let raw =
+            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            response(raw, false, false, &mut out),
+            Response::Ready(_)
+        ));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.to_ascii_lowercase().matches("date:").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("Sun, 06 Nov 1994"), "{text}");
     }
 
     #[test]

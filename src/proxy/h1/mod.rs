@@ -14,12 +14,15 @@
 //! The first request the fast path does not handle ([`head::Request::Unusual`]:
 //! upgrades, `Expect`, chunked or large request bodies, HTTP/1.0 and h2c,
 //! malformed heads, the balancer's own pages) hands the connection, with the
-//! bytes already read, to hyper and the [`Proxy`] service for the rest of
-//! its life. The routing rules are the same on both paths: the client's ring
-//! candidates in order, down or draining backends skipped, the next
-//! candidate tried when nothing reached the backend, or when the request is
-//! idempotent; for such a request, a pooled connection the backend closed
-//! while idle is replaced by a fresh one without counting as a failure.
+//! bytes already read, to hyper ([`super::hyper_path`]) for the rest of its
+//! life. Routing is the [driver](super::driver)'s, the same for both paths:
+//! this module only makes attempts ([`Fast`]) and relays the answer. Its
+//! deadlines are the shared timeout model's (`config::ProxyLimits`): the
+//! whole head within `CLIENT_HEADER_TIMEOUT_SECS` and the body's pauses
+//! within `CLIENT_BODY_TIMEOUT_SECS` (else 408 and a close: the client's
+//! fault, no backend is tried), the client reading the answer within
+//! `CLIENT_WRITE_TIMEOUT_SECS`, the backend's pauses in the body within
+//! `UPSTREAM_BODY_TIMEOUT_SECS`.
 
 mod buf;
 pub mod chunked;
@@ -33,7 +36,6 @@ pub use park::ParkingLot;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,22 +43,74 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::UpstreamGuard;
+use super::driver::{self, Call, Failed, Transport};
 use super::error::ProxyError;
-use super::{Pinned, Proxy};
-use crate::backend::Backend;
-use crate::balancer::Balancer;
-use crate::ring::key_hash;
-use crate::server::{Accepted, Handler};
+use super::hyper_path::Service;
+use super::{Proxy, rules};
+use crate::backend::{Backend, Pinned};
+use crate::config::ProxyLimits;
+use crate::server::{Accepted, Detached, Handler};
+use crate::threads;
 use buf::Buf;
 use head::{BodyProgress, Framing, ResponseHead};
 
-/// Largest request body the fast path buffers whole (bigger: hyper streams it).
-pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request body the fast path buffers whole (bigger: hyper streams
+/// it). The same as the replay bound, so both paths retry the same requests.
+pub const MAX_BODY: usize = rules::REPLAY_BODY_MAX;
 /// Largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// The fast path's own state: the shared request path, the coarse clock of
+/// idle connections and the parking lot.
+pub struct FastPath {
+    pub proxy: Arc<Proxy>,
+    pub idle: Arc<IdleClock>,
+    pub parking: Arc<ParkingLot>,
+}
+
+impl FastPath {
+    pub fn new(proxy: Arc<Proxy>) -> Arc<FastPath> {
+        let idle = Arc::new(IdleClock::new(proxy.config.limits.idle_timeout));
+        let parking = Arc::new(ParkingLot::new(Arc::clone(&proxy.totals.parked)));
+        Arc::new(FastPath {
+            proxy,
+            idle,
+            parking,
+        })
+    }
+
+    /// Starts the parking lot's thread; woken connections are served on
+    /// the workers, or on the calling runtime when there are none (tests).
+    pub fn start_parking(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let runtime = tokio::runtime::Handle::current();
+        let resume = move |stream: std::net::TcpStream, conn: Detached, pinned: Pinned| {
+            let Some(fast) = weak.upgrade() else { return };
+            let serve = move |stream: TcpStream| async move {
+                // The peer address is not kept while parked (32 bytes a connection).
+                let Ok(peer) = stream.peer_addr() else { return };
+                let client: IpAddr = peer.ip().to_canonical();
+                serve_fast(fast, conn.attach(stream, peer), client, pinned).await;
+            };
+            match threads::installed() {
+                Some(workers) => workers.spawn_std(stream, serve),
+                None => {
+                    let _runtime = runtime.enter();
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            runtime.spawn(serve(stream));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot resume a parked connection"),
+                    }
+                }
+            }
+        };
+        ParkingLot::start(&self.parking, Arc::clone(&self.idle), Box::new(resume));
+    }
+}
+
 /// Serves balancer connections: the fast path first, hyper when needed.
-pub struct Connection(pub Arc<Balancer>);
+pub struct Connection(pub Arc<FastPath>);
 
 impl Handler for Connection {
     fn run(self, conn: Accepted) -> impl Future<Output = ()> + Send {
@@ -73,35 +127,36 @@ enum Next {
     Hyper(Vec<u8>),
 }
 
-async fn serve(state: Arc<Balancer>, conn: Accepted) {
+async fn serve(fast: Arc<FastPath>, conn: Accepted) {
     let peer = conn.peer;
-    if !state.trusted.is_empty() && state.trusted.contains(peer.ip()) {
+    let proxy = &fast.proxy;
+    if !proxy.trusted.is_empty() && proxy.trusted.contains(peer.ip()) {
         // Trusted proxies' forwarding headers are read and extended:
         // hyper's path does that.
-        return hyper_path(state, conn, Vec::new()).await;
+        return hyper_path(&fast, conn, Vec::new()).await;
     }
     let client = peer.ip().to_canonical();
-    serve_fast(state, conn, client, Pinned::default()).await;
+    serve_fast(fast, conn, client, Pinned::default()).await;
 }
 
 /// The fast path's loop over one connection's requests, from its first
 /// request or from the parking lot.
-async fn serve_fast(state: Arc<Balancer>, mut conn: Accepted, client: IpAddr, pinned: Pinned) {
+async fn serve_fast(fast: Arc<FastPath>, mut conn: Accepted, client: IpAddr, pinned: Pinned) {
     let mut carry = None;
     loop {
         if carry.is_none() {
-            let may_park = state.parking.is_open();
-            match wait_for_request(&state.idle, &conn.stream, may_park).await {
+            let may_park = fast.parking.is_open();
+            match wait_for_request(&fast.idle, &conn.stream, may_park).await {
                 Wait::Request => {}
                 Wait::Close => return,
-                Wait::Park(since) => return park(&state, conn, pinned, since),
+                Wait::Park(since) => return park(&fast, conn, pinned, since),
             }
         }
-        let draining = state.idle.draining();
+        let draining = fast.idle.draining();
         // Boxed: the exchange's state lives only while a request does, so
         // an idle connection's task stays small.
         let exchange = Box::pin(exchange(
-            &state,
+            &fast.proxy,
             &mut conn.stream,
             client,
             carry.take(),
@@ -113,7 +168,7 @@ async fn serve_fast(state: Arc<Balancer>, mut conn: Accepted, client: IpAddr, pi
             Next::KeepAlive(_) | Next::Close => return,
             Next::Hyper(read) => {
                 drop(pinned);
-                return hyper_path(state, conn, read).await;
+                return hyper_path(&fast, conn, read).await;
             }
         }
     }
@@ -156,12 +211,12 @@ async fn wait_for_request(clock: &IdleClock, stream: &TcpStream, may_park: bool)
 /// If that fails (the system refuses another epoll entry), the connection
 /// closes: an idle keep-alive connection may be closed at any time, and
 /// clients retry on a new one.
-fn park(state: &Balancer, conn: Accepted, pinned: Pinned, since: u64) {
+fn park(fast: &FastPath, conn: Accepted, pinned: Pinned, since: u64) {
     let (stream, conn) = conn.detach();
     match stream.into_std() {
         Ok(stream) => {
             let parked = park::Parked::new(stream, conn, pinned, since);
-            if state.parking.park(parked).is_err() {
+            if fast.parking.park(parked).is_err() {
                 tracing::debug!("cannot park a connection: closing it");
             }
         }
@@ -169,27 +224,51 @@ fn park(state: &Balancer, conn: Accepted, pinned: Pinned, since: u64) {
     }
 }
 
-/// Serves the rest of the connection with hyper and [`Proxy`]. Boxed: the
-/// hyper connection's state is large, and inline it would size every fast
-/// path connection's task.
-async fn hyper_path(state: Arc<Balancer>, conn: Accepted, read: Vec<u8>) {
-    let proxy = Proxy::new(state, conn.peer);
-    Box::pin(conn.serve_http(read, proxy)).await;
+/// Serves the rest of the connection with hyper. Boxed: the hyper
+/// connection's state is large, and inline it would size every fast path
+/// connection's task.
+async fn hyper_path(fast: &FastPath, conn: Accepted, read: Vec<u8>) {
+    let service = Service::new(Arc::clone(&fast.proxy), conn.peer);
+    Box::pin(conn.serve_http(read, service)).await;
+}
+
+/// How reading a request from the client ended, when it did not.
+enum Incomplete {
+    /// The client closed, or the socket failed.
+    Gone,
+    /// A deadline ran out: answer 408 and close.
+    TooSlow,
+}
+
+/// Reads more of a request within `deadline`.
+async fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut Buf,
+    deadline: Instant,
+) -> Result<(), Incomplete> {
+    match tokio::time::timeout_at(deadline, read_into(stream, buf)).await {
+        Err(_) => Err(Incomplete::TooSlow),
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(Incomplete::Gone),
+    }
 }
 
 /// One request and its response.
 async fn exchange(
-    state: &Balancer,
+    proxy: &Arc<Proxy>,
     stream: &mut TcpStream,
     client: IpAddr,
     carry: Option<Buf>,
     pinned: &Pinned,
     draining: bool,
 ) -> Next {
-    let limits = &state.config.limits;
+    let limits = &proxy.config.limits;
     let mut input = carry.unwrap_or_else(Buf::take);
     let mut request = Buf::take();
 
+    // The whole head within its deadline, counted from its first byte
+    // (which is here, or the readiness that brought us here).
+    let head_deadline = Instant::now() + limits.header_timeout;
     let head = loop {
         match head::request(&input, client, MAX_BODY, &mut request) {
             // A head over the limit that arrived whole in one read: hyper
@@ -205,188 +284,202 @@ async fn exchange(
             }
             head::Request::Partial => {}
         }
-        match read_some(stream, &mut input, limits.idle_timeout).await {
-            Some(n) if n > 0 => {}
-            _ => return Next::Close,
+        match read_until(stream, &mut input, head_deadline).await {
+            Ok(()) => {}
+            Err(Incomplete::Gone) => return Next::Close,
+            Err(Incomplete::TooSlow) => return too_slow(stream, &mut request).await,
         }
     };
     let end = head.head_len + head.body_len;
     while input.len() < end {
-        match read_some(stream, &mut input, limits.idle_timeout).await {
-            Some(n) if n > 0 => {}
-            _ => return Next::Close,
+        let deadline = Instant::now() + limits.client_body_timeout;
+        match read_until(stream, &mut input, deadline).await {
+            Ok(()) => {}
+            Err(Incomplete::Gone) => return Next::Close,
+            Err(Incomplete::TooSlow) => return too_slow(stream, &mut request).await,
         }
     }
     request.extend_from_slice(&input[head.head_len..end]);
     input.drain(..end);
     let carry = (!input.is_empty()).then_some(input);
     let close = head.close || draining;
-    let head_request = request.starts_with(b"HEAD ");
+    let te_trailers = head.te_trailers;
 
-    state.totals.requests.fetch_add(1, Relaxed);
-    let pool = state.pool();
     let mut response = Buf::take();
     let mut out = Buf::take();
-    let mut last_error = None;
-    for idx in pool.ring.candidates(key_hash(client)) {
-        let backend = &pool.backends[idx];
-        if !backend.is_available() {
-            continue;
-        }
-        let guard = UpstreamGuard::new(Arc::clone(backend));
-        let attempt = Attempt {
-            limits,
-            backend,
-            request: &request,
-            head_request,
-            close,
-            idempotent: head.idempotent,
-        };
-        match attempt.run(stream, &mut response, &mut out).await {
-            Ok((upstream, head)) => {
-                pinned.repin(backend);
-                let timeout = limits.upstream_timeout;
-                let relayed = relay(
-                    stream,
-                    upstream,
-                    head,
-                    &mut response,
-                    &mut out,
-                    &guard,
-                    timeout,
-                );
-                return match relayed.await {
-                    Relayed::Done => Next::KeepAlive(carry),
-                    Relayed::Close => Next::Close,
-                };
-            }
-            Err(Failed::Client) => return Next::Close,
-            Err(Failed::Backend { error, sent }) => {
-                if error.blames_backend() {
-                    backend.stats.errors.fetch_add(1, Relaxed);
-                    state.passive_failure(backend, &error);
-                }
-                let next = error.may_try_next() && (!sent || head.idempotent);
-                last_error = Some(error);
-                if !next {
-                    break;
-                }
-            }
-        }
-    }
-    state.totals.failed.fetch_add(1, Relaxed);
-    let error = last_error.unwrap_or(ProxyError::NoBackend);
-    let status = error.status();
-    let body = error.body().to_string();
-    head::own_response(
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        "application/json",
-        body.as_bytes(),
+    let mut fast = Fast {
+        limits,
+        request: &request,
+        head_request: request.starts_with(b"HEAD "),
         close,
-        &mut out,
-    );
-    if stream.write_all(&out).await.is_err() || close {
+        client: &mut *stream,
+        response: &mut response,
+        out: &mut out,
+    };
+    let call = Call {
+        key: proxy.key(client),
+        replayable: head.idempotent,
+    };
+    let error = match driver::drive(proxy, call, &mut fast).await {
+        Ok(routed) => {
+            let (upstream, head) = routed.response;
+            pinned.repin(routed.guard.backend());
+            let relayed = relay(
+                stream,
+                upstream,
+                head,
+                te_trailers,
+                &mut response,
+                &mut out,
+                &routed.guard,
+                proxy,
+            );
+            return match relayed.await {
+                Relayed::Done => Next::KeepAlive(carry),
+                Relayed::Close => Next::Close,
+            };
+        }
+        Err(ProxyError::ClientBody(_)) => return Next::Close,
+        Err(error) => error,
+    };
+    tracing::debug!(status = rules::answer(&error).0, error = %error, "request failed");
+    own_answer(&error, close, &mut out);
+    if write_client(stream, &out, limits).await.is_err() || close {
         return Next::Close;
     }
     Next::KeepAlive(carry)
 }
 
-/// One try of one request on one backend, up to the final response head.
-struct Attempt<'a> {
-    limits: &'a crate::config::ProxyLimits,
-    backend: &'a Backend,
+/// The balancer's own answer to `error`, into `out`.
+fn own_answer(error: &ProxyError, close: bool, out: &mut Vec<u8>) {
+    let (status, _) = rules::answer(error);
+    let reason = hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let body = rules::answer_body(error);
+    head::own_response(
+        status,
+        reason,
+        "application/json",
+        body.as_bytes(),
+        close,
+        out,
+    );
+}
+
+/// The 408 a client too slow with its request head gets, on either path
+/// (the accept loop sends it on connections hyper serves).
+pub fn head_timeout_answer() -> Vec<u8> {
+    let mut out = Vec::new();
+    own_answer(&ProxyError::ClientTimeout, true, &mut out);
+    out
+}
+
+/// 408 and a close: the client was too slow with its request.
+async fn too_slow(stream: &mut TcpStream, out: &mut Buf) -> Next {
+    own_answer(&ProxyError::ClientTimeout, true, out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
+    Next::Close
+}
+
+/// Writes to the client within `CLIENT_WRITE_TIMEOUT_SECS`.
+async fn write_client(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limits: &ProxyLimits,
+) -> Result<(), ()> {
+    match tokio::time::timeout(limits.client_write_timeout, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// One request, tried on backends over raw sockets: the fast path's
+/// [`Transport`].
+struct Fast<'a> {
+    limits: &'a ProxyLimits,
     /// The rewritten head and the whole body.
     request: &'a [u8],
     head_request: bool,
     close: bool,
-    idempotent: bool,
+    client: &'a mut TcpStream,
+    response: &'a mut Buf,
+    out: &'a mut Buf,
 }
 
-enum Failed {
-    /// The backend failed; `sent`: the request may have reached it.
-    Backend { error: ProxyError, sent: bool },
-    /// The client went away (writing it an interim response failed).
-    Client,
-}
+impl Transport for Fast<'_> {
+    type Response = (TcpStream, ResponseHead);
 
-impl Attempt<'_> {
-    async fn run(
-        &self,
-        client: &mut TcpStream,
-        response: &mut Buf,
-        out: &mut Buf,
-    ) -> Result<(TcpStream, ResponseHead), Failed> {
-        let pool = &self.backend.pool;
-        let (mut upstream, mut reused) = match pool.checkout_raw() {
-            Some(s) => (s, true),
-            None => (self.connect().await?, false),
-        };
-        loop {
-            response.clear();
-            let failure = match upstream.write_all(self.request).await {
-                Ok(()) => match self.read_head(client, &mut upstream, response, out).await {
+    fn attempt(
+        &mut self,
+        backend: &Arc<Backend>,
+        fresh: bool,
+    ) -> impl Future<Output = Result<Self::Response, Failed>> + Send {
+        let backend = Arc::clone(backend);
+        async move {
+            let pooled = if fresh {
+                None
+            } else {
+                backend.pool.checkout_raw()
+            };
+            let reused = pooled.is_some();
+            let mut upstream = match pooled {
+                Some(s) => s,
+                None => connect(&backend).await?,
+            };
+            self.response.clear();
+            let mut failure = match upstream.write_all(self.request).await {
+                Ok(()) => match self.read_head(&mut upstream).await {
                     Ok(head) => return Ok((upstream, head)),
                     Err(failure) => failure,
                 },
-                Err(e) => Failed::Backend {
-                    error: ProxyError::UpstreamIo(e),
-                    sent: true,
-                },
+                Err(e) => Failed::new(ProxyError::UpstreamIo(e), true),
             };
-            // A pooled connection the backend closed while it sat idle
-            // fails before any byte of an answer: a fresh one is not a
-            // second attempt, as long as the request may be sent again.
-            let stale = matches!(
-                &failure,
-                Failed::Backend {
-                    error: ProxyError::UpstreamIo(_),
-                    ..
-                }
-            ) && response.is_empty();
-            if reused && stale && self.idempotent {
-                upstream = self.connect().await?;
-                reused = false;
-                continue;
-            }
-            return Err(failure);
+            failure.stale = reused
+                && matches!(failure.error, ProxyError::UpstreamIo(_))
+                && self.response.is_empty();
+            Err(failure)
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, Failed> {
-        self.backend
-            .pool
-            .connect_raw()
-            .await
-            .map_err(|e| Failed::Backend {
-                error: ProxyError::Connect(e),
-                sent: false,
-            })
+    fn status(response: &Self::Response) -> u16 {
+        response.1.status
     }
+}
 
+async fn connect(backend: &Backend) -> Result<TcpStream, Failed> {
+    backend
+        .pool
+        .connect_raw()
+        .await
+        .map_err(|e| Failed::new(ProxyError::Connect(e), false))
+}
+
+impl Fast<'_> {
     /// Reads up to the final response head, passing interim (1xx) ones on.
-    async fn read_head(
-        &self,
-        client: &mut TcpStream,
-        upstream: &mut TcpStream,
-        response: &mut Buf,
-        out: &mut Buf,
-    ) -> Result<ResponseHead, Failed> {
+    async fn read_head(&mut self, upstream: &mut TcpStream) -> Result<ResponseHead, Failed> {
         let deadline = Instant::now() + self.limits.upstream_timeout;
-        let backend_failed = |error| Failed::Backend { error, sent: true };
+        let backend_failed = |error| Failed::new(error, true);
         loop {
-            if !response.is_empty() {
-                match head::response(response, self.head_request, self.close, out) {
+            if !self.response.is_empty() {
+                match head::response(self.response, self.head_request, self.close, self.out) {
                     head::Response::Ready(head) if head.is_interim() => {
-                        client.write_all(out).await.map_err(|_| Failed::Client)?;
-                        response.drain(..head.head_len);
+                        if write_client(self.client, self.out, self.limits)
+                            .await
+                            .is_err()
+                        {
+                            let gone = ProxyError::ClientBody("the client went away".into());
+                            return Err(Failed::new(gone, true));
+                        }
+                        self.response.drain(..head.head_len);
                         continue;
                     }
                     head::Response::Ready(head) => return Ok(head),
                     head::Response::Bad(why) => {
                         return Err(backend_failed(ProxyError::BadResponse(why)));
                     }
-                    head::Response::Partial if response.len() >= MAX_RESPONSE_HEAD => {
+                    head::Response::Partial if self.response.len() >= MAX_RESPONSE_HEAD => {
                         return Err(backend_failed(ProxyError::BadResponse(
                             "response head too large",
                         )));
@@ -394,7 +487,7 @@ impl Attempt<'_> {
                     head::Response::Partial => {}
                 }
             }
-            let read = tokio::time::timeout_at(deadline, read_into(upstream, response));
+            let read = tokio::time::timeout_at(deadline, read_into(upstream, self.response));
             match read.await {
                 Err(_) => return Err(backend_failed(ProxyError::Timeout)),
                 Ok(Ok(0)) => {
@@ -414,54 +507,68 @@ enum Relayed {
     /// Complete; the client connection may carry another request.
     Done,
     /// The client connection must close (asked for, body ran to close, or
-    /// either side failed mid-body).
+    /// either side failed or stalled mid-body).
     Close,
 }
 
 /// Sends the response whose head `response` starts with (already rewritten
 /// into `out`) and its body; returns the backend connection to the pool when
 /// the exchange completed cleanly.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut TcpStream,
     mut upstream: TcpStream,
     head: ResponseHead,
+    te_trailers: bool,
     response: &mut Buf,
     out: &mut Buf,
     guard: &UpstreamGuard,
-    timeout: Duration,
+    proxy: &Proxy,
 ) -> Relayed {
+    let limits = &proxy.config.limits;
     let backend = guard.backend();
     let body = &response[head.head_len..];
     let mut reusable = head.reusable;
-    let mut progress = BodyProgress::new(head.framing);
+    let mut progress = BodyProgress::new(head.framing, te_trailers);
     // The head and the body bytes that came with it go out in one write.
-    let first = match progress.feed(body) {
-        Ok(n) => n,
-        Err(e) => return body_failed(backend, &e),
+    let fed = match progress.feed(body) {
+        Ok(fed) => fed,
+        Err(e) => return body_failed(guard, proxy, ProxyError::BadResponse(malformed(&e))),
     };
-    reusable &= first == body.len();
-    out.extend_from_slice(&body[..first]);
-    if client.write_all(out).await.is_err() {
+    reusable &= fed.used == body.len();
+    out.extend_from_slice(&body[..fed.pass]);
+    out.extend_from_slice(fed.tail);
+    if write_client(client, out, limits).await.is_err() {
         return Relayed::Close;
     }
     while !progress.is_done() {
         response.clear();
-        let n = match tokio::time::timeout(timeout, read_into(&mut upstream, response)).await {
+        let read = tokio::time::timeout(
+            limits.upstream_body_timeout,
+            read_into(&mut upstream, response),
+        );
+        let n = match read.await {
             Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
             Ok(Ok(0)) => {
                 let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                return body_failed(backend, &eof);
+                return body_failed(guard, proxy, ProxyError::UpstreamIo(eof));
             }
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => return body_failed(backend, &e),
-            Err(_) => return body_failed(backend, &ProxyError::Timeout),
+            Ok(Err(e)) => return body_failed(guard, proxy, ProxyError::UpstreamIo(e)),
+            Err(_) => return body_failed(guard, proxy, ProxyError::Timeout),
         };
-        let take = match progress.feed(response) {
-            Ok(k) => k,
-            Err(e) => return body_failed(backend, &e),
+        let fed = match progress.feed(response) {
+            Ok(fed) => fed,
+            Err(e) => return body_failed(guard, proxy, ProxyError::BadResponse(malformed(&e))),
         };
-        reusable &= take == n;
-        if client.write_all(&response[..take]).await.is_err() {
+        reusable &= fed.used == n;
+        if write_client(client, &response[..fed.pass], limits)
+            .await
+            .is_err()
+        {
+            return Relayed::Close;
+        }
+        if !fed.tail.is_empty() && write_client(client, fed.tail, limits).await.is_err() {
             return Relayed::Close;
         }
     }
@@ -475,11 +582,14 @@ async fn relay(
     }
 }
 
-/// The backend broke off mid-body: the client connection cannot be framed
-/// any more, so it closes; the failure counts against the backend.
-fn body_failed(backend: &Backend, why: &dyn std::fmt::Display) -> Relayed {
-    backend.stats.errors.fetch_add(1, Relaxed);
-    tracing::debug!(backend = %backend.name(), error = %why, "backend body failed mid-stream");
+fn malformed(_: &chunked::Malformed) -> &'static str {
+    "malformed chunked body"
+}
+
+/// The backend broke off or stalled mid-body: the client connection cannot
+/// be framed any more, so it closes; the failure is reported.
+fn body_failed(guard: &UpstreamGuard, proxy: &Proxy, error: ProxyError) -> Relayed {
+    guard.body_failed(proxy, &error);
     Relayed::Close
 }
 
@@ -488,12 +598,4 @@ fn body_failed(backend: &Backend, why: &dyn std::fmt::Display) -> Relayed {
 async fn read_into(stream: &mut TcpStream, buf: &mut Buf) -> std::io::Result<usize> {
     buf.reserve_room();
     stream.read_buf(buf.vec_mut()).await
-}
-
-/// [`read_into`] within `timeout`; `None` on error or timeout.
-async fn read_some(stream: &mut TcpStream, buf: &mut Buf, timeout: Duration) -> Option<usize> {
-    tokio::time::timeout(timeout, read_into(stream, buf))
-        .await
-        .ok()?
-        .ok()
 }

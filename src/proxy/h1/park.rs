@@ -13,20 +13,23 @@
 //! idle connection near half a kilobyte.
 //!
 //! The lot also closes parked connections whose idle timeout ran out, and all
-//! of them when the drain begins.
+//! of them when the drain begins. It knows nothing of how a connection is
+//! served: whoever starts it passes the [`Resume`] that gives a woken
+//! connection its task back.
 
-use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use mio::{Events, Interest, Poll, Registry, Token};
-use tokio::net::TcpStream;
-use tokio::runtime::Handle;
 
-use super::Pinned;
-use crate::backend::Backend;
-use crate::balancer::Balancer;
+use super::idle::IdleClock;
+use crate::backend::{Backend, Pinned};
 use crate::server::Detached;
-use crate::workers;
+
+/// What the lot does with a connection that turned readable: its socket
+/// (registered with no reactor), its place in the drain and its pinned
+/// backend. Runs on the lot's thread: it must only hand the work on.
+pub type Resume = Box<dyn Fn(std::net::TcpStream, Detached, Pinned) + Send>;
 
 /// One parked connection.
 pub(super) struct Parked {
@@ -75,6 +78,8 @@ pub struct ParkingLot {
     /// Taken by [`ParkingLot::start`].
     poll: Mutex<Option<Poll>>,
     slots: Mutex<Slots>,
+    /// How many are parked, for the status page.
+    count: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for ParkingLot {
@@ -85,14 +90,9 @@ impl std::fmt::Debug for ParkingLot {
     }
 }
 
-impl Default for ParkingLot {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ParkingLot {
-    pub fn new() -> Self {
+    /// A lot that keeps `count` equal to the number of connections in it.
+    pub fn new(count: Arc<AtomicUsize>) -> Self {
         let made = Poll::new().and_then(|poll| {
             let waker = mio::Waker::new(poll.registry(), WAKE)?;
             Ok((poll.registry().try_clone()?, waker, poll))
@@ -103,6 +103,7 @@ impl ParkingLot {
                 waker: Some(waker),
                 poll: Mutex::new(Some(poll)),
                 slots: Mutex::default(),
+                count,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "no parking lot for idle connections: they keep their tasks");
@@ -111,6 +112,7 @@ impl ParkingLot {
                     waker: None,
                     poll: Mutex::new(None),
                     slots: Mutex::default(),
+                    count,
                 }
             }
         }
@@ -156,38 +158,33 @@ impl ParkingLot {
         } else {
             slots.entries[key] = Some(parked);
         }
+        self.count.fetch_add(1, Relaxed);
         Ok(())
     }
 
     fn take(&self, slots: &mut Slots, key: usize) -> Option<Parked> {
         let mut parked = slots.entries.get_mut(key)?.take()?;
         slots.free.push(key);
+        self.count.fetch_sub(1, Relaxed);
         if let Some(registry) = &self.registry {
             let _ = registry.deregister(&mut parked.stream);
         }
         Some(parked)
     }
 
-    /// Starts the lot's thread, which until the drain wakes parked
-    /// connections that turned readable, closes those whose idle timeout ran
-    /// out, and every one of them when the drain begins. Call it on the
-    /// runtime that should serve resumed connections when no workers are
-    /// installed (tests); with workers they go to the workers.
-    pub fn start(state: &Arc<Balancer>) {
-        let taken = state
-            .parking
-            .poll
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+    /// Starts the lot's thread, which until the drain (on `clock`) wakes
+    /// parked connections that turned readable and hands them to `resume`,
+    /// closes those whose idle timeout ran out, and every one of them when
+    /// the drain begins. The thread ends with the drain or with the lot.
+    pub fn start(lot: &Arc<ParkingLot>, clock: Arc<IdleClock>, resume: Resume) {
+        let taken = lot.poll.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(poll) = taken else {
             return;
         };
-        let weak = Arc::downgrade(state);
-        let runtime = Handle::current();
+        let weak = Arc::downgrade(lot);
         let started = std::thread::Builder::new()
             .name("balancer-parking".into())
-            .spawn(move || watch(&weak, poll, &runtime));
+            .spawn(move || watch(&weak, poll, &clock, &resume));
         if let Err(e) = started {
             tracing::warn!(error = %e, "cannot start the parking lot: idle connections keep their tasks");
         }
@@ -201,23 +198,24 @@ impl ParkingLot {
     }
 }
 
-/// The lot's thread. Returns at the drain, or once the balancer is gone.
-fn watch(balancer: &Weak<Balancer>, mut poll: Poll, runtime: &Handle) {
+/// The lot's thread. Returns at the drain, or once the lot is gone.
+fn watch(lot: &Weak<ParkingLot>, mut poll: Poll, clock: &IdleClock, resume: &Resume) {
     let mut events = Events::with_capacity(EVENTS);
     let mut woken = Vec::new();
     let mut last_tick = 0;
     loop {
-        let Some(state) = balancer.upgrade() else {
+        let Some(lot) = lot.upgrade() else {
             return;
         };
-        let lot = &state.parking;
-        if state.idle.draining() {
+        if clock.draining() {
             let mut slots = lot.slots();
+            let n = slots.entries.iter().filter(|e| e.is_some()).count();
             slots.entries.clear();
             slots.free.clear();
+            lot.count.fetch_sub(n, Relaxed);
             return;
         }
-        if let Err(e) = poll.poll(&mut events, Some(state.idle.tick())) {
+        if let Err(e) = poll.poll(&mut events, Some(clock.tick())) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::warn!(error = %e, "parking lot poll failed: its connections close");
                 return;
@@ -228,13 +226,13 @@ fn watch(balancer: &Weak<Balancer>, mut poll: Poll, runtime: &Handle) {
             for event in events.iter().filter(|e| e.token() != WAKE) {
                 woken.extend(lot.take(&mut slots, event.token().0));
             }
-            let now = state.idle.now();
+            let now = clock.now();
             if now != last_tick {
                 last_tick = now;
                 for key in 0..slots.entries.len() {
                     let expired = slots.entries[key]
                         .as_ref()
-                        .is_some_and(|p| state.idle.expired(p.since));
+                        .is_some_and(|p| clock.expired(p.since));
                     if expired {
                         drop(lot.take(&mut slots, key));
                     }
@@ -242,41 +240,17 @@ fn watch(balancer: &Weak<Balancer>, mut poll: Poll, runtime: &Handle) {
             }
         }
         for parked in woken.drain(..) {
-            resume(&state, parked, runtime);
-        }
-    }
-}
-
-/// Gives a parked connection that turned readable a task again, on the
-/// next worker (or the current runtime when there are no workers).
-fn resume(state: &Arc<Balancer>, parked: Parked, runtime: &Handle) {
-    let Parked {
-        stream,
-        conn,
-        pinned,
-        ..
-    } = parked;
-    let stream = std::net::TcpStream::from(stream);
-    let state = Arc::clone(state);
-    let pinned = Pinned::from_backend(pinned);
-    let serve = move |stream: TcpStream| async move {
-        // The peer address is not kept while parked (32 bytes a connection).
-        let Ok(peer) = stream.peer_addr() else {
-            return;
-        };
-        let client: IpAddr = peer.ip().to_canonical();
-        super::serve_fast(state, conn.attach(stream, peer), client, pinned).await;
-    };
-    match workers::installed() {
-        Some(workers) => workers.spawn_std(stream, serve),
-        None => {
-            let _runtime = runtime.enter();
-            match TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    runtime.spawn(serve(stream));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot resume a parked connection"),
-            }
+            let Parked {
+                stream,
+                conn,
+                pinned,
+                ..
+            } = parked;
+            resume(
+                std::net::TcpStream::from(stream),
+                conn,
+                Pinned::from_backend(pinned),
+            );
         }
     }
 }

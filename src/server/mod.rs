@@ -1,13 +1,16 @@
 //! The one accept loop, shared by the balancer and the API instances.
 //!
 //! HTTP/1.1 with keep-alive and prior-knowledge HTTP/2 (h2c) on the same
-//! port, `Upgrade` support, limits on the request head and idle time, and a
-//! graceful drain: on shutdown the listener closes at once, idle connections
-//! are closed, in-flight requests get `grace` to finish, and whatever is left
-//! after that is dropped with one log line.
+//! port, `Upgrade` support, limits on the request head, idle time and a
+//! client's reading, a connection budget sized from the file-descriptor
+//! limit (at the budget, new connections wait in the backlog; accept errors
+//! back off exponentially), and a graceful drain: on shutdown the listener
+//! closes at once, idle connections are closed, in-flight requests get
+//! `grace` to finish, and whatever is left after that is dropped with one
+//! log line.
 //!
 //! Where the connections run: on the per-core workers when the process
-//! installed them ([`crate::workers`], the balancer binary), else on the
+//! installed them ([`crate::threads`], the balancer binary), else on the
 //! runtime that calls [`serve`] (the API instances, tests).
 
 use std::convert::Infallible;
@@ -27,9 +30,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 
 use crate::shutdown::Shutdown;
-use crate::workers;
+use crate::threads;
+use head_clock::HeadClock;
+
+mod head_clock;
 
 /// Client-facing limits of one listener.
 #[derive(Debug, Clone)]
@@ -38,8 +46,23 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     /// Idle keep-alive time, counted until the next request head is complete.
     pub idle_timeout: Duration,
+    /// The whole request head, from its first byte (the fast path's bound;
+    /// hyper bounds idle time and head together by `idle_timeout`).
+    pub header_timeout: Duration,
+    /// The longest a write to the client may wait for the client to read.
+    pub write_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub grace: Duration,
+    /// Open client connections at most; `None`: sized from the
+    /// file-descriptor limit ([`connection_budget`]).
+    pub max_connections: Option<usize>,
+    /// The answer a client too slow with its request head gets.
+    pub head_timeout_answer: fn() -> Vec<u8>,
+}
+
+/// A plain 408, for listeners that bring no answer of their own.
+fn plain_408() -> Vec<u8> {
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
 }
 
 impl Default for ServeOptions {
@@ -47,9 +70,38 @@ impl Default for ServeOptions {
         ServeOptions {
             max_header_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(30),
+            max_connections: None,
+            head_timeout_answer: plain_408,
         }
     }
+}
+
+/// File descriptors kept back from client connections: upstream
+/// connections, health checks, DNS, the listener and the runtime's own.
+/// A twentieth of the limit, at least 64 and at most 4,096.
+fn fd_reserve(limit: u64) -> u64 {
+    (limit / 20).clamp(64, 4096)
+}
+
+/// How many client connections fit the process's file-descriptor limit:
+/// each may need a second descriptor for its backend, and [`fd_reserve`]
+/// stays free, so local pressure never starves an upstream connect or a
+/// health check. Raises the soft limit to the hard limit first (the
+/// default soft limit of 1,024 is a relic; nginx's `worker_rlimit_nofile`
+/// and HAProxy do the same).
+pub fn connection_budget() -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the file-descriptor limit; assuming 1024");
+            1024
+        }
+    };
+    let budget = limit.saturating_sub(fd_reserve(limit)) / 2;
+    usize::try_from(budget.max(16)).unwrap_or(usize::MAX)
 }
 
 /// Accepts connections on `listener` until `shutdown`, serving each with the
@@ -93,29 +145,47 @@ where
 pub struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<Http>,
     /// Keeps the drain waiting for this connection while it lives.
     watcher: Watcher,
+    /// Its place in the connection budget.
+    permit: OwnedSemaphorePermit,
+}
+
+/// How hyper serves a listener's connections.
+struct Http {
+    builder: auto::Builder<TokioExecutor>,
+    write_timeout: Duration,
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    head_timeout_answer: fn() -> Vec<u8>,
 }
 
 /// An accepted connection without its socket and peer address: its place
-/// in the drain and how hyper would serve it, kept while the socket waits
-/// somewhere cheaper than a task (the fast path's parking lot).
+/// in the drain and the budget, and how hyper would serve it, kept while
+/// the socket waits somewhere cheaper than a task (the fast path's parking
+/// lot).
 pub struct Detached {
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<Http>,
     watcher: Watcher,
+    permit: OwnedSemaphorePermit,
 }
 
 impl Detached {
     /// The connection again, on `stream` (its own socket, re-registered)
     /// from `peer`.
     pub fn attach(self, stream: TcpStream, peer: SocketAddr) -> Accepted {
-        let Detached { http, watcher } = self;
+        let Detached {
+            http,
+            watcher,
+            permit,
+        } = self;
         Accepted {
             stream,
             peer,
             http,
             watcher,
+            permit,
         }
     }
 }
@@ -129,8 +199,16 @@ impl Accepted {
             peer: _,
             http,
             watcher,
+            permit,
         } = self;
-        (stream, Detached { http, watcher })
+        (
+            stream,
+            Detached {
+                http,
+                watcher,
+                permit,
+            },
+        )
     }
 
     /// Serves the rest of the connection with hyper (HTTP/1.1 keep-alive,
@@ -148,15 +226,21 @@ impl Accepted {
             peer,
             http,
             watcher,
+            permit: _permit,
         } = self;
-        let result = if read.is_empty() {
-            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(conn.into_owned()).await
-        } else {
-            let io = TokioIo::new(Prefixed::new(read, stream));
-            let conn = http.serve_connection_with_upgrades(io, service);
-            watcher.watch(conn.into_owned()).await
-        };
+        // A client that stops reading our answer fails the write after
+        // `write_timeout`, which ends the connection (and frees its backend).
+        let io = HeadClock::new(
+            Prefixed::new(read, stream),
+            http.header_timeout,
+            http.max_header_bytes,
+            http.head_timeout_answer,
+        );
+        let mut io = TimeoutStream::new(io);
+        io.set_write_timeout(Some(http.write_timeout));
+        let io = TokioIo::new(Box::pin(io));
+        let conn = http.builder.serve_connection_with_upgrades(io, service);
+        let result = watcher.watch(conn.into_owned()).await;
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
         }
@@ -192,26 +276,59 @@ pub async fn serve_with<M, H>(
         .max_header_list_size(opts.max_header_bytes as u32)
         .keep_alive_interval(Some(opts.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
+    let http = Arc::new(Http {
+        builder,
+        write_timeout: opts.write_timeout,
+        header_timeout: opts.header_timeout,
+        max_header_bytes: opts.max_header_bytes,
+        head_timeout_answer: opts.head_timeout_answer,
+    });
     let graceful = GracefulShutdown::new();
-    let workers = workers::installed();
+    let workers = threads::installed();
+    let max = opts.max_connections.unwrap_or_else(connection_budget);
+    let budget = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
+    tracing::debug!(max_connections = max, "connection budget");
+    let mut backoff = Backoff::default();
 
     loop {
+        // At the budget, wait for a connection to end (new ones wait in the
+        // kernel's backlog) instead of failing on EMFILE later.
+        let permit = match Arc::clone(&budget).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections = max,
+                    "connection budget reached: new connections wait"
+                );
+                tokio::select! {
+                    biased;
+                    () = shutdown.wait() => break,
+                    p = Arc::clone(&budget).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             biased;
             () = shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backoff.succeeded();
+                    conn
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let wait = backoff.failed(&e);
+                    drop(permit);
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let http = Arc::clone(&builder);
+        let http = Arc::clone(&http);
         let watcher = graceful.watcher();
         let handler = make(peer);
         let accepted = move |stream| Accepted {
@@ -219,6 +336,7 @@ pub async fn serve_with<M, H>(
             peer,
             http,
             watcher,
+            permit,
         };
         match workers {
             // Hand the socket to a worker thread: registered with that
@@ -237,6 +355,36 @@ pub async fn serve_with<M, H>(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(opts.grace) => {
             tracing::warn!(grace = ?opts.grace, "grace period over, dropping the connections still open");
+        }
+    }
+}
+
+/// Exponential back-off on accept errors (EMFILE, ENFILE, ENOBUFS...):
+/// 5 ms doubling to 1 s, one warning when an episode starts and one line
+/// when it ends, never one per error.
+#[derive(Debug, Default)]
+struct Backoff {
+    errors: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        if self.errors == 0 {
+            tracing::warn!(error = %e, "accept failed; backing off until it succeeds");
+        }
+        self.errors = self.errors.saturating_add(1);
+        Self::FIRST
+            .saturating_mul(1 << self.errors.min(16).saturating_sub(1))
+            .min(Self::MAX)
+    }
+
+    fn succeeded(&mut self) {
+        if self.errors > 0 {
+            tracing::info!(errors = self.errors, "accepting again");
+            self.errors = 0;
         }
     }
 }
@@ -332,7 +480,7 @@ pub enum Threads {
     Shared(usize),
     /// The control plane on the main thread plus this many per-core
     /// connection workers (0 = one per core): the balancer. See
-    /// [`crate::workers`].
+    /// [`crate::threads`].
     PerCore(usize),
 }
 
@@ -391,7 +539,7 @@ where
 fn start_runtime(
     name: &str,
     threads: Threads,
-) -> std::io::Result<(Option<workers::Running>, tokio::runtime::Runtime)> {
+) -> std::io::Result<(Option<threads::Running>, tokio::runtime::Runtime)> {
     match threads {
         Threads::Shared(n) => {
             let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -401,7 +549,7 @@ fn start_runtime(
             Ok((None, rt.enable_all().build()?))
         }
         Threads::PerCore(n) => {
-            let running = workers::Workers::install(n, name)?;
+            let running = threads::Workers::install(n, name)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

@@ -1,0 +1,142 @@
+//! The one request driver: candidates from the selector -> an attempt on
+//! each -> its outcome reported -> the retry decision, for both transports.
+//! A transport (the fast path's raw sockets, hyper's client) only knows how
+//! to make one attempt on one backend; which backends, in which order, how
+//! often, and what each outcome means are decided here and in
+//! [`super::rules`], once.
+//!
+//! A backend whose ejection ran out is half-open: only the request that
+//! claims its probe goes there, and that request's outcome decides (see
+//! [`crate::health::outlier`]). Below the panic threshold every backend that
+//! passes its active checks is a candidate, ejected or not
+//! ([`Proxy::panic_mode`]).
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use super::Proxy;
+use super::body::UpstreamGuard;
+use super::error::ProxyError;
+use super::{report, rules};
+use crate::backend::Backend;
+use crate::health::outlier::Admit;
+
+/// What the driver needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    /// The client key's hash (the sticky strategies' key; the outlier
+    /// detector counts a client's timeouts once).
+    pub key: u64,
+    /// Idempotent, and its body kept whole: it may be sent again after it
+    /// reached a backend (see [`rules::may_retry`]).
+    pub replayable: bool,
+}
+
+/// A failed attempt: why, and whether any of the request may have reached
+/// the backend.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    pub sent: bool,
+    /// It went out on a reused idle connection and failed before any byte
+    /// of an answer: most likely the backend closed that connection just
+    /// as it was reused (see [`rules::may_retry_fresh`]).
+    pub stale: bool,
+}
+
+impl Failed {
+    pub fn new(error: ProxyError, sent: bool) -> Self {
+        Failed {
+            error,
+            sent,
+            stale: false,
+        }
+    }
+}
+
+/// One transport's way of trying a request on one backend.
+pub trait Transport {
+    /// A response head (and whatever the transport needs to relay the rest).
+    type Response: Send;
+
+    /// Tries the request on `backend`, up to the response head; on a new
+    /// connection when `fresh`, else on a pooled one if there is one.
+    fn attempt(
+        &mut self,
+        backend: &Arc<Backend>,
+        fresh: bool,
+    ) -> impl Future<Output = Result<Self::Response, Failed>> + Send;
+
+    /// The response's status code.
+    fn status(response: &Self::Response) -> u16;
+}
+
+/// A request that reached a backend and got a response head.
+pub struct Routed<R> {
+    pub response: R,
+    /// Keeps the request counted in flight on its backend until the body
+    /// is through; reports how the body ended.
+    pub guard: UpstreamGuard,
+}
+
+/// Routes one request: tries the candidates in order until one answers or
+/// the rules forbid another try.
+pub async fn drive<T: Transport>(
+    proxy: &Proxy,
+    call: Call,
+    transport: &mut T,
+) -> Result<Routed<T::Response>, ProxyError> {
+    proxy
+        .totals
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let snapshot = proxy.backends.load();
+    // Computed at most once, and only when a candidate is unavailable.
+    let panic = OnceLock::new();
+    let in_panic = || *panic.get_or_init(|| proxy.panic_mode(&snapshot));
+    let accept = |b: &Arc<Backend>| proxy.available(b) || (b.health.is_up() && in_panic());
+    let lost_probe_after =
+        proxy.config.limits.connect_timeout + proxy.config.limits.upstream_timeout;
+    let mut last = None;
+    for i in snapshot
+        .selector
+        .candidates(&snapshot.backends, call.key, accept)
+    {
+        let backend = &snapshot.backends[i];
+        if backend.outlier.admit() == Admit::Probe && !in_panic() {
+            if !backend.outlier.try_probe(lost_probe_after) {
+                continue; // another request is the half-open probe
+            }
+            tracing::info!(backend = %backend.name(), "backend half-open: one request decides");
+        }
+        let guard = UpstreamGuard::new(Arc::clone(backend), call.key);
+        let started = Instant::now();
+        let mut attempt = transport.attempt(backend, false).await;
+        if let Err(f) = &attempt {
+            if rules::may_retry_fresh(f.stale, f.sent, call.replayable) {
+                tracing::debug!(backend = %backend.name(), error = %f.error, "a reused connection was closed: once more on a new one");
+                attempt = transport.attempt(backend, true).await;
+            }
+        }
+        match attempt {
+            Ok(response) => {
+                report::answered(proxy, backend, T::status(&response), started.elapsed());
+                return Ok(Routed { response, guard });
+            }
+            Err(Failed { error, sent, .. }) => {
+                report::failed(proxy, backend, &error, call.key);
+                let again = rules::may_retry(&error, sent, call.replayable);
+                last = Some(error);
+                if !again {
+                    break;
+                }
+            }
+        }
+    }
+    proxy
+        .totals
+        .failed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Err(last.unwrap_or(ProxyError::NoBackend))
+}

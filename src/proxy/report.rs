@@ -1,0 +1,98 @@
+//! The one place outcomes go: every attempt's result (from the driver) and
+//! every broken response body (from either transport's relay) feeds the
+//! backend's counters, its load figures and outlier detection, and a
+//! refused connection wakes the health loop for an immediate re-check.
+//! Which failures count is decided by [`super::rules`]; what the outlier
+//! detector makes of them, by [`crate::health::outlier`]. Each change of
+//! state is logged here, once.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::Proxy;
+use super::error::ProxyError;
+use super::rules;
+use crate::backend::Backend;
+use crate::health::outlier::{Change, Fault};
+
+/// The backend answered with a response head of `status`.
+pub fn answered(proxy: &Proxy, backend: &Backend, status: u16, took: Duration) {
+    backend.load.record_latency(took);
+    if rules::status_blames(status) {
+        backend.stats.errors.fetch_add(1, Relaxed);
+        let why = format!("answered {status}");
+        outlier_failure(proxy, backend, Fault::Answer, &why);
+    } else if let Some(change) = backend.outlier.success() {
+        log_change(backend, &change, "a request succeeded");
+    }
+}
+
+/// An attempt failed before a response head.
+pub fn failed(proxy: &Proxy, backend: &Backend, error: &ProxyError, client: u64) {
+    let Some(fault) = rules::blame(error, client) else {
+        tracing::debug!(backend = %backend.name(), error = %error, "attempt failed (not the backend's fault)");
+        return;
+    };
+    tracing::debug!(backend = %backend.name(), error = %error, "attempt failed");
+    backend.stats.errors.fetch_add(1, Relaxed);
+    if fault == Fault::Connect {
+        // Nothing listening: the idle connections are dead too, and an
+        // immediate check takes a dead process out within a round trip.
+        backend.pool.clear();
+        proxy.backends.wake.notify_one();
+    }
+    outlier_failure(proxy, backend, fault, error);
+}
+
+/// The backend broke off (or stalled) in the middle of a response body.
+pub fn body_failed(proxy: &Proxy, backend: &Backend, error: &ProxyError, client: u64) {
+    tracing::debug!(backend = %backend.name(), error = %error, "backend body failed mid-stream");
+    backend.stats.errors.fetch_add(1, Relaxed);
+    if let Some(fault) = rules::blame(error, client) {
+        outlier_failure(proxy, backend, fault, error);
+    }
+}
+
+fn outlier_failure(proxy: &Proxy, backend: &Backend, fault: Fault, why: &dyn std::fmt::Display) {
+    let cfg = &proxy.config.outlier;
+    // The cap on ejected backends needs the whole set: counted only when
+    // a streak is long enough to eject.
+    let may_eject = || {
+        let snapshot = proxy.backends.load();
+        let total = snapshot.backends.len() as u64;
+        let out = snapshot
+            .backends
+            .iter()
+            .filter(|b| b.outlier.is_out())
+            .count() as u64;
+        out * 100 < u64::from(cfg.max_ejection_percent) * total
+    };
+    if let Some(change) = backend.outlier.failure(fault, why, cfg, may_eject) {
+        if matches!(change, Change::Ejected { .. }) {
+            backend.pool.clear();
+        }
+        log_change(backend, &change, &why.to_string());
+    }
+}
+
+/// One line per outlier state change.
+pub fn log_change(backend: &Backend, change: &Change, why: &str) {
+    match change {
+        Change::Ejected {
+            for_,
+            failures,
+            times,
+        } => tracing::warn!(
+            backend = %backend.name(),
+            for_secs = for_.as_secs_f64(),
+            failures,
+            ejections = times,
+            last_failure = why,
+            "backend ejected"
+        ),
+        Change::HalfOpen => tracing::info!(backend = %backend.name(), "backend half-open"),
+        Change::Restored => {
+            tracing::info!(backend = %backend.name(), reason = why, "backend restored")
+        }
+    }
+}
