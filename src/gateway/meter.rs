@@ -21,7 +21,10 @@
 //!
 //! The crash window: rows buffered during a database outage (and any row
 //! whose commit took longer than `USAGE_SYNC_TIMEOUT_MS`) are lost if the
-//! replica is killed (SIGKILL, OOM, power) before the database returns. A
+//! replica is killed (SIGKILL, OOM, power) before the database returns.
+//! One more, narrow: an answer with an empty body is complete once its head
+//! is sent, so there is nothing to hold back and its row commits a moment
+//! after the client has it. A
 //! graceful stop loses them only if the database stays away for the whole
 //! `USAGE_BUFFER_SECS`, and then says how many in the log.
 //!
