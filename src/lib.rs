@@ -41,7 +41,12 @@
 //! - [`balancer`]: wiring, background loops, own endpoints (`/health`, `/lb`,
 //!   `/lb/status`).
 //! - [`api`]: an API instance (axum router, worker registry, `/health`,
-//!   `/status.html`), served through the same accept loop.
+//!   `/status.html`, `api keys`), served through the same accept loop.
+//! - [`gateway`]: what makes an instance a gateway master: API keys,
+//!   dispatch to workers (strategy, retries, circuit breakers), metering.
+//!   `client ─► balancer ─► api ─► gateway::dispatch ─► worker`, a usage
+//!   row per request to the database.
+//! - [`worker`]: the sample worker (`worker` binary) the gateway fronts.
 //! - [`store`]: the database seam: one `Store` over MySQL or embedded SQLite,
 //!   migrations safe under concurrent start-up.
 //! - [`cluster`]: the local launcher (`cargo run --bin cluster`), supervising
@@ -58,6 +63,7 @@ pub mod chunked;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod gateway;
 pub mod health;
 pub mod pages;
 pub mod proxy;
@@ -69,3 +75,4 @@ pub mod store;
 pub mod telemetry;
 pub mod threads;
 pub mod upstream;
+pub mod worker;

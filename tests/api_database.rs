@@ -66,8 +66,14 @@ async fn ten_instances_migrate_one_empty_mysql_at_once() {
     let dir = TempDir::new("ten-mysql");
     // The database itself does not exist yet: the instances create it.
     ten_processes_at_once(api::mysql_env(&db.url("fresh_db")), &dir).await;
-    let applied = db.sql("SELECT COUNT(*) FROM fresh_db._sqlx_migrations WHERE success = 1");
-    assert_eq!(applied.trim(), "1", "each migration applied exactly once");
+    // Two migrations (0001 workers, 0002 gateway), each applied once and
+    // completely (a half-applied one would be a row with success = 0).
+    let applied = db.sql("SELECT COUNT(*), SUM(success) FROM fresh_db._sqlx_migrations");
+    assert_eq!(
+        applied.trim(),
+        "2\t2",
+        "each migration applied exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,3 +233,69 @@ async fn a_busy_port_is_named_and_nothing_half_starts() {
         );
     }
 }
+
+/// `cluster --workers 3` as a newcomer runs it: the printed `curl` is run
+/// as printed (through a shell) and dispatches through the balancer to a
+/// render worker; the workers are the render, parse and combo of the
+/// replaced system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_with_workers_prints_a_curl_that_works() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "curl is needed");
+        eprintln!("SKIPPED: curl is not installed");
+        return;
+    }
+    const N: u16 = 2;
+    let dir = TempDir::new("cluster-workers");
+    let (start, lb) = port_block(N);
+    let (workers, _, _free) = port_block_held(2);
+    drop(_free);
+    let mut cluster = Command::new(env!("CARGO_BIN_EXE_cluster"))
+        .args([
+            "-n",
+            &N.to_string(),
+            "--start-port",
+            &start.to_string(),
+            "--workers",
+            "3",
+        ])
+        .current_dir(&dir.0)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BALANCER_PORT", lb.to_string())
+        .env("WORKER_START_PORT", (workers - 1).to_string())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cluster");
+    let out = collect(cluster.stdout.take());
+    let err = collect(cluster.stderr.take());
+    let curl = support::wait_for("the printed curl", Duration::from_secs(90), || async {
+        text(&out).lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("dispatch")
+                .map(|c| c.trim().to_owned())
+        })
+    })
+    .await;
+    assert!(
+        curl.starts_with("curl ") && curl.contains(&format!("127.0.0.1:{lb}/api/v1/render")),
+        "{curl}"
+    );
+    let run = tokio::task::block_in_place(|| {
+        Command::new("sh").args(["-c", &curl]).output().expect("sh")
+    });
+    let body = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success(), "{body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}\n{}", text(&err)));
+    assert_eq!(v["serviceType"], "render", "{v}");
+    for ty in ["render-1|", "parse-1|", "combo-1|"] {
+        assert!(text(&err).contains(ty), "no {ty} child:\n{}", text(&err));
+    }
+    signal(cluster.id(), "TERM");
+    let status = tokio::task::block_in_place(|| wait_exit(&mut cluster, Duration::from_secs(30)));
+    assert!(status.success(), "exit {status}\n{}", text(&err));
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::config::{ConfigError, Env};
+use crate::gateway::GatewayConfig;
 use crate::store::DbConfig;
 
 /// Everything an API instance needs, parsed and checked.
@@ -32,6 +33,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// `SHUTDOWN_GRACE_SECS` (30): drain time for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Dispatch, breaker, metering and key settings.
+    pub gateway: GatewayConfig,
 }
 
 impl ApiConfig {
@@ -70,6 +73,7 @@ impl ApiConfig {
             heartbeat_interval: env.secs_or("HEARTBEAT_INTERVAL_SECS", 30)?,
             max_body_bytes: env.range_or("API_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20)?,
             shutdown_grace: env.secs_or("SHUTDOWN_GRACE_SECS", 30)?,
+            gateway: GatewayConfig::from_env(env)?,
         })
     }
 

@@ -139,6 +139,26 @@ pub fn check_service_type(name: &str, s: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Path segments under `/api/v1/` that are the API's own routes, so no
+/// service type may take them (its dispatch route would be unreachable).
+pub const RESERVED_SERVICE_TYPES: [&str; 4] = ["worker", "workers", "usage", "keys"];
+
+/// A service type a worker may register under: valid, and not one of
+/// [`RESERVED_SERVICE_TYPES`].
+pub fn check_new_service_type(name: &str, s: &str) -> Result<(), ApiError> {
+    check_service_type(name, s)?;
+    if RESERVED_SERVICE_TYPES.contains(&s) {
+        return Err(ApiError::field(
+            name,
+            format!(
+                "{s:?} is reserved for the API's own routes ({})",
+                RESERVED_SERVICE_TYPES.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One of [`STATUSES`], as the static string stored.
 pub fn check_status(name: &str, s: &str) -> Result<&'static str, ApiError> {
     STATUSES
@@ -195,6 +215,8 @@ mod tests {
         assert!(check_host("host", "a b").is_err());
         assert!(check_service_type("serviceType", "render").is_ok());
         assert!(check_service_type("serviceType", "ren/der").is_err());
+        assert!(check_new_service_type("serviceType", "usage").is_err());
+        assert!(check_new_service_type("serviceType", "combo").is_ok());
         assert_eq!(check_status("status", "busy").unwrap(), "busy");
         assert!(check_status("status", "sleeping").is_err());
         assert!(parse_id("0").is_err() && parse_id("x").is_err() && parse_id("7").is_ok());

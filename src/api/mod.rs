@@ -10,8 +10,10 @@
 //! need it get a 503 within the pool's acquire timeout, `/health` turns 503,
 //! and the pool reconnects by itself when the database returns.
 
+pub mod cli;
 pub mod config;
 pub mod error;
+mod gateway;
 pub mod input;
 mod status;
 mod tasks;
@@ -29,13 +31,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 pub use config::ApiConfig;
 use error::ApiError;
 
+use crate::gateway::Gateway;
 use crate::proxy::client_ip::TrustedProxies;
 use crate::server::{self, ServeOptions};
 use crate::shutdown::Shutdown;
@@ -51,6 +54,8 @@ pub struct AppState {
     pub trusted: TrustedProxies,
     pub started: Instant,
     pub requests: AtomicU64,
+    /// Dispatch to workers, keys and metering.
+    pub gateway: Arc<Gateway>,
     instance_header: HeaderValue,
     migrated: AtomicBool,
     /// Why the last migration attempt failed (shown by `/health`).
@@ -65,6 +70,7 @@ impl AppState {
         let instance_header = HeaderValue::from_str(&instance)
             .map_err(|_| std::io::Error::other("INSTANCE_ID is not a valid header value"))?;
         Ok(AppState {
+            gateway: Arc::new(Gateway::new(config.gateway.clone(), instance.clone())),
             store: Store::open(config.db.clone())?,
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             instance,
@@ -140,6 +146,12 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/api/v1/workers/{id}",
             get(workers::get).delete(workers::remove),
         )
+        .route("/api/v1/usage", get(gateway::usage))
+        // Everything else under /api/v1/ is a service type: the static
+        // routes above take precedence (the router prefers static segments),
+        // and registration refuses their names as service types.
+        .route("/api/v1/{service}", any(gateway::dispatch))
+        .route("/api/v1/{service}/{*rest}", any(gateway::dispatch))
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), stamp))
@@ -175,6 +187,10 @@ pub async fn run(
         "api instance starting"
     );
     tokio::spawn(tasks::migrate_then_sweep(state.clone(), shutdown.clone()));
+    // The meter outlives the accept loop: requests still draining record
+    // their rows, then the meter writes what is left.
+    let (close_meter, meter_closed) = Shutdown::manual();
+    let metering = state.gateway.start_metering(&state.store, &meter_closed);
     let router = app(state.clone());
     server::serve(
         listener,
@@ -190,6 +206,8 @@ pub async fn run(
         shutdown,
     )
     .await;
+    let _ = close_meter.send(true);
+    let _ = metering.await;
     state.store.close().await;
     tracing::info!(instance = %state.instance, "api instance stopped");
     Ok(())

@@ -71,6 +71,60 @@ struct StatusCount {
     count: i64,
 }
 
+/// One worker as this replica sees it.
+struct WorkerView {
+    id: i64,
+    name: String,
+    endpoint: String,
+    status: String,
+    breaker: &'static str,
+    in_flight: u64,
+    last_minute: u64,
+    weight: i64,
+    queue: String,
+}
+
+/// The workers of one service type.
+struct ServiceView {
+    service_type: String,
+    online: usize,
+    workers: Vec<WorkerView>,
+}
+
+fn services(s: &AppState) -> Vec<ServiceView> {
+    let snap = s.gateway.pool.snapshot();
+    let mut by_type: std::collections::BTreeMap<String, Vec<WorkerView>> = Default::default();
+    for w in &snap.workers {
+        let queue = match w.state.load.queue() {
+            crate::select::Queue::Length(n) => n.to_string(),
+            crate::select::Queue::Unknown => "-".to_owned(),
+            crate::select::Queue::Failed => "failed".to_owned(),
+        };
+        by_type
+            .entry(w.row.service_type.clone())
+            .or_default()
+            .push(WorkerView {
+                id: w.row.id,
+                name: w.row.name.clone(),
+                endpoint: w.state.conns.authority().to_owned(),
+                status: w.row.status.clone(),
+                breaker: w.breaker().name(),
+                in_flight: w.state.load.in_flight(),
+                last_minute: w.state.last_minute(),
+                weight: w.row.weight,
+                queue,
+            });
+    }
+    by_type
+        .into_iter()
+        .map(|(service_type, workers)| ServiceView {
+            online: workers.iter().filter(|w| w.status == "online").count(),
+            service_type,
+            workers,
+        })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "status.html")]
 struct StatusPage<'a> {
@@ -86,6 +140,11 @@ struct StatusPage<'a> {
     workers: Vec<StatusCount>,
     workers_total: i64,
     now: String,
+    strategy: &'static str,
+    services: Vec<ServiceView>,
+    keys: Vec<crate::gateway::meter::KeyCount>,
+    usage_backlog: usize,
+    usage_ok: bool,
 }
 
 /// `GET /status.html`: the public page (no configuration or secret on it:
@@ -112,6 +171,11 @@ pub async fn page(State(s): State<Arc<AppState>>) -> Response {
             .map(|(status, count)| StatusCount { status, count })
             .collect(),
         now: httpdate::fmt_http_date(std::time::SystemTime::now()),
+        strategy: s.gateway.config.strategy.name(),
+        services: services(&s),
+        keys: s.gateway.meter.key_counts(),
+        usage_backlog: s.gateway.meter.backlog(),
+        usage_ok: s.gateway.meter.healthy(),
     };
     match page.render() {
         Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),

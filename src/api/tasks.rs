@@ -19,6 +19,7 @@ pub(super) async fn migrate_then_sweep(state: Arc<AppState>, shutdown: Shutdown)
             Ok(()) => {
                 tracing::info!(database = state.store.kind(), "schema up to date");
                 state.set_migrated(Ok(()));
+                state.gateway.start_discovery(&state.store, &shutdown);
                 break;
             }
             Err(e) => {

@@ -26,7 +26,7 @@ pub async fn register(State(s): State<Arc<AppState>>, JsonObject(body): JsonObje
     input::check_host("host", &host)?;
     let port = Fields::required("port", f.int("port", 1, 65535)?)?;
     let service_type = Fields::required("serviceType", f.text("serviceType", 64)?)?;
-    input::check_service_type("serviceType", &service_type)?;
+    input::check_new_service_type("serviceType", &service_type)?;
     let weight = f.int("weight", 1, 1000)?.unwrap_or(1);
     let max_connections = f.int("maxConnections", 1, 1_000_000)?.unwrap_or(100);
     let worker = NewWorker {
@@ -71,6 +71,9 @@ pub async fn heartbeat(State(s): State<Arc<AppState>>, JsonObject(body): JsonObj
             .and_then(|n| u32::try_from(n).ok()),
         cpu_usage: f.num("cpuUsage", 0.0, 100.0)?,
         memory_usage: f.num("memoryUsage", 0.0, 100.0)?,
+        queue_length: f
+            .int("queueLength", 0, 10_000_000)?
+            .and_then(|n| u32::try_from(n).ok()),
     };
     let store = s.store()?;
     if !store.heartbeat(&hb).await? {

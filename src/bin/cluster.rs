@@ -1,12 +1,14 @@
 //! `cluster`: the whole system on one machine (`cargo run --bin cluster`).
 //!
-//! `cluster [--instances N] [--start-port P] [--no-balancer]` starts and
-//! supervises the instances and the balancer; `cluster healthcheck` probes
-//! the balancer's `/health`; `cluster __child api|balancer` is the launcher
-//! re-executing itself for one child (not meant to be typed).
+//! `cluster [--instances N] [--start-port P] [--balancer-port P]
+//! [--no-balancer] [--workers N]` starts and supervises the instances, the
+//! balancer and sample workers; `cluster healthcheck` probes the balancer's
+//! `/health`; `cluster __child api|balancer|worker` is the launcher
+//! re-executing itself for one child (hidden, not meant to be typed).
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use hashgate::cluster::{self, ClusterConfig};
 use hashgate::config::Env;
 use hashgate::health::selfcheck;
@@ -17,48 +19,67 @@ use hashgate::{shutdown, telemetry};
 #[global_allocator]
 static ALLOC: hashgate_alloc::MiMalloc = hashgate_alloc::MiMalloc;
 
-const USAGE: &str =
-    "usage: cluster [--instances N] [--start-port P] [--no-balancer] | cluster healthcheck";
+/// hashgate on one machine: API instances on 13004.., the balancer on
+/// 13003, and optionally sample workers on 5001.., on the embedded database
+/// unless MySQL is configured.
+///
+/// Values are checked (and bad ones named) by the same rules as the
+/// variables they override.
+#[derive(Debug, Parser)]
+#[command(name = "cluster", version)]
+struct Cli {
+    /// API instances to start.
+    #[arg(short = 'n', long, env = "INSTANCE_COUNT", value_name = "N")]
+    instances: Option<String>,
+    /// Port of the first instance; the others follow.
+    #[arg(long, env = "START_PORT", value_name = "P")]
+    start_port: Option<String>,
+    /// Port of the balancer.
+    #[arg(long, env = "BALANCER_PORT", value_name = "P")]
+    balancer_port: Option<String>,
+    /// Start only the instances (and workers), no balancer.
+    #[arg(long)]
+    no_balancer: bool,
+    /// Sample workers to start (render, parse, combo, ...) on 5001.. (WORKER_START_PORT);
+    /// with the embedded database a development key and a ready curl are printed.
+    #[arg(long, env = "WORKER_COUNT", value_name = "N")]
+    workers: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Probe the balancer's /health on 127.0.0.1; exit 0 only on 200.
+    Healthcheck,
+    /// One child of the launcher (internal).
+    #[command(name = "__child", hide = true)]
+    Child { kind: String },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("__child") {
-        hashgate_alloc::init();
-        // The parent already loaded `.env` into the environment we inherit.
-        telemetry::init("info");
-        let kind = args.get(1).map(String::as_str).unwrap_or("");
-        return cluster::child::main(kind, &Env::from_process());
+    if std::env::args().nth(1).as_deref() == Some("__child") {
+        return child(&std::env::args().nth(2).unwrap_or_default());
     }
     let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
     let mut env = Env::from_process();
-    if args.first().map(String::as_str) == Some("healthcheck") {
-        return selfcheck::main_for_port(env.port_or("BALANCER_PORT", 13003).unwrap_or(13003));
-    }
-    let mut balancer = true;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f, Some(v.to_owned())),
-            None => (arg.as_str(), None),
-        };
-        let var = match flag {
-            "--instances" | "-n" => "INSTANCE_COUNT",
-            "--start-port" => "START_PORT",
-            "--balancer-port" => "BALANCER_PORT",
-            "--no-balancer" => {
-                balancer = false;
-                continue;
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => return usage(&format!("unknown argument {other:?}")),
-        };
-        match inline.or_else(|| it.next().cloned()) {
-            Some(v) => env.set(var, v),
-            None => return usage(&format!("{flag} needs a value")),
+    for (var, value) in [
+        ("INSTANCE_COUNT", &cli.instances),
+        ("START_PORT", &cli.start_port),
+        ("BALANCER_PORT", &cli.balancer_port),
+        ("WORKER_COUNT", &cli.workers),
+    ] {
+        if let Some(v) = value {
+            env.set(var, v.clone());
         }
+    }
+    match cli.command {
+        Some(Command::Healthcheck) => {
+            return selfcheck::main_for_port(env.port_or("BALANCER_PORT", 13003).unwrap_or(13003));
+        }
+        Some(Command::Child { kind }) => return child(&kind),
+        None => {}
     }
     telemetry::init("info");
     let mut config = match ClusterConfig::from_env(&env) {
@@ -68,7 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    config.balancer = balancer;
+    config.balancer = !cli.no_balancer;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,7 +110,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("cluster: {msg}\n{USAGE}");
-    ExitCode::from(2)
+/// One child of the launcher. The parent already loaded `.env` into the
+/// environment we inherit.
+fn child(kind: &str) -> ExitCode {
+    hashgate_alloc::init();
+    telemetry::init("info");
+    cluster::child::main(kind, &Env::from_process())
 }

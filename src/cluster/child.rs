@@ -1,4 +1,4 @@
-//! Child mode: `cluster __child api|balancer`, the launcher re-executing
+//! Child mode: `cluster __child api|balancer|worker`, the launcher re-executing
 //! itself.
 //!
 //! `cargo run --bin cluster` builds only the `cluster` binary, so the
@@ -18,13 +18,27 @@ use std::process::ExitCode;
 
 use crate::config::Env;
 use crate::server::EXIT_CONFIG;
-use crate::{api, balancer, shutdown};
+use crate::{api, balancer, shutdown, worker};
 
 /// Runs child `kind` (`api` or `balancer`) to completion.
 pub fn main(kind: &str, env: &Env) -> ExitCode {
     match kind {
         "api" => api::main_with(env, stop_signal()),
         "balancer" => balancer::main_with(env, stop_signal()),
+        "worker" => {
+            use clap::Parser;
+            // The launcher set WORKER_* in our environment; no flags.
+            match worker::WorkerArgs::try_parse_from(["worker"])
+                .map_err(|e| e.to_string())
+                .and_then(worker::WorkerArgs::into_config)
+            {
+                Ok(config) => worker::main_with(config, stop_signal()),
+                Err(e) => {
+                    eprintln!("worker: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         other => {
             eprintln!("cluster: unknown child kind {other:?}");
             ExitCode::from(EXIT_CONFIG)

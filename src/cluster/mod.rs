@@ -24,14 +24,22 @@ use crate::health::selfcheck;
 use crate::shutdown::Shutdown;
 use supervise::{Event, Spec};
 
-/// The launcher's settings (`INSTANCE_COUNT`, `START_PORT`, `BALANCER_PORT`;
-/// flags `--instances`, `--start-port`, `--no-balancer` override them).
+/// The launcher's settings (`INSTANCE_COUNT`, `START_PORT`, `BALANCER_PORT`,
+/// `WORKER_COUNT`, `WORKER_START_PORT`; flags `--instances`, `--start-port`,
+/// `--balancer-port`, `--no-balancer`, `--workers` override them).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub instances: u16,
     pub start_port: u16,
     pub balancer_port: u16,
     pub balancer: bool,
+    /// Sample workers to start (render, parse, combo, render, ...).
+    pub workers: u16,
+    /// The first worker's port (5001, as the replaced system uses).
+    pub worker_start_port: u16,
+    /// Whether the instances use the embedded database (then the launcher
+    /// creates a development key when it starts workers).
+    pub embedded_db: bool,
     /// `HEALTH_INTERVAL_SECS` for the balancer child: 2 s unless set, so a
     /// killed instance shows as down on `/lb` at once in local development.
     pub health_interval: String,
@@ -52,11 +60,23 @@ impl ClusterConfig {
             ));
         }
         let health_interval = env.secs_or("HEALTH_INTERVAL_SECS", 2)?.as_secs();
+        let workers = env.range_or("WORKER_COUNT", 0, 0, 100)?;
+        let worker_start_port = env.port_or("WORKER_START_PORT", 5001)?;
+        if u32::from(worker_start_port) + u32::from(workers.max(1)) - 1 > u32::from(u16::MAX) {
+            return Err(ConfigError::new(
+                "WORKER_COUNT",
+                &workers.to_string(),
+                "runs past port 65535",
+            ));
+        }
         Ok(ClusterConfig {
             instances,
             start_port,
             balancer_port: env.port_or("BALANCER_PORT", 13003)?,
             balancer: true,
+            workers,
+            worker_start_port,
+            embedded_db: crate::store::DbConfig::from_env(env)?.kind() == "sqlite",
             health_interval: health_interval.to_string(),
             api_trusted_proxies: {
                 let nets = env.cidrs("TRUSTED_PROXIES", "")?;
@@ -69,6 +89,25 @@ impl ClusterConfig {
 
     fn api_ports(&self) -> impl Iterator<Item = u16> + '_ {
         (0..self.instances).map(|i| self.start_port + i)
+    }
+
+    fn worker_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..self.workers).map(|i| self.worker_start_port + i)
+    }
+
+    /// The service type of worker `i`: render, parse, combo, render, ...
+    fn worker_type(i: usize) -> &'static str {
+        ["render", "parse", "combo"][i % 3]
+    }
+
+    /// Where workers register and clients dispatch: the balancer, or the
+    /// first instance without one.
+    fn entry_port(&self) -> u16 {
+        if self.balancer {
+            self.balancer_port
+        } else {
+            self.start_port
+        }
     }
 
     /// Every child to start, balancer last (its first health round then
@@ -108,6 +147,26 @@ impl ClusterConfig {
                 colour: 97,
             });
         }
+        for (i, port) in self.worker_ports().enumerate() {
+            let ty = Self::worker_type(i);
+            specs.push(Spec {
+                name: format!("{ty}-{}", i / 3 + 1),
+                kind: "worker",
+                port,
+                env: vec![
+                    ("WORKER_TYPE".into(), ty.into()),
+                    ("WORKER_PORT".into(), port.to_string()),
+                    ("WORKER_LISTEN_HOST".into(), "127.0.0.1".into()),
+                    ("WORKER_ADVERTISE_HOST".into(), "127.0.0.1".into()),
+                    (
+                        "MASTER_URL".into(),
+                        format!("http://127.0.0.1:{}", self.entry_port()),
+                    ),
+                ],
+                env_remove: vec!["WORKER_NAME"],
+                colour: 90,
+            });
+        }
         specs
     }
 }
@@ -134,6 +193,7 @@ pub async fn run(
     if config.balancer {
         ports.push(config.balancer_port);
     }
+    ports.extend(config.worker_ports());
     check_ports_free(&ports)?;
     let exe = Arc::new(std::env::current_exe().map_err(ClusterError::NoExe)?);
     let (stop_tx, stop) = Shutdown::manual();
@@ -168,6 +228,73 @@ pub async fn run(
     result
 }
 
+/// Where the workers are and, on the embedded database, a development key
+/// and a `curl` that dispatches through the balancer. Waits until the
+/// workers have registered and the instances have seen them.
+async fn gateway_hint(config: &ClusterConfig) -> String {
+    let entry = config.entry_port();
+    let ports: Vec<u16> = config.worker_ports().collect();
+    let first = ports.first().copied().unwrap_or(config.worker_start_port);
+    let last = ports.last().copied().unwrap_or(first);
+    let mut out = format!(
+        "  workers          {} (render, parse, combo, ...) on ports {first}-{last}, registered through port {entry}\n",
+        config.workers
+    );
+    // Registered, then one registry refresh for the instances to see them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !workers_registered(&ports).await {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if !config.embedded_db {
+        out.push_str(&format!(
+            "  API key          create one with `cargo run --bin api -- keys create --name dev` (same database settings), then\n  \
+             dispatch         curl -s -X POST http://127.0.0.1:{entry}/api/v1/render -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' -d '{{\"prompt\":\"hello\"}}'\n"
+        ));
+        return out;
+    }
+    match dev_key().await {
+        Ok((name, secret)) => out.push_str(&format!(
+            "  API key          {name} (development key, created now; `cargo run --bin api -- keys list`)\n  \
+             dispatch         curl -s -X POST http://127.0.0.1:{entry}/api/v1/render -H 'Authorization: Bearer {secret}' -H 'Content-Type: application/json' -d '{{\"prompt\":\"hello\"}}'\n  \
+             usage            curl -s http://127.0.0.1:{entry}/api/v1/usage -H 'Authorization: Bearer {secret}'\n"
+        )),
+        Err(e) => out.push_str(&format!("  API key          could not create a development key: {e}\n")),
+    }
+    out
+}
+
+/// Whether every worker's `/health` says it has a worker id.
+async fn workers_registered(ports: &[u16]) -> bool {
+    let ports = ports.to_vec();
+    tokio::task::spawn_blocking(move || {
+        ports.iter().all(|&p| {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+            selfcheck::fetch(addr, "/health", selfcheck::TIMEOUT)
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v["workerId"].as_i64())
+                .is_some_and(|id| id > 0)
+        })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A new key `dev-<time>` in the embedded database the instances share.
+async fn dev_key() -> Result<(String, String), String> {
+    let env = Env::from_process();
+    let db = crate::store::DbConfig::from_env(&env).map_err(|e| e.to_string())?;
+    let store = crate::store::Store::open(db).map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    let name = format!("dev-{}", crate::store::now_ms() / 1000);
+    let result = crate::api::cli::create_key(&store, &name).await;
+    store.close().await;
+    result
+        .map(|(secret, row)| (row.name, secret))
+        .map_err(|e| e.to_string())
+}
+
 /// Binds each port briefly on every interface, as the children will.
 fn check_ports_free(ports: &[u16]) -> Result<(), ClusterError> {
     for &port in ports {
@@ -186,6 +313,7 @@ async fn announce_when_ready(config: ClusterConfig, stop: Shutdown) {
     if config.balancer {
         targets.push(config.balancer_port);
     }
+    targets.extend(config.worker_ports());
     loop {
         tokio::select! {
             () = stop.wait() => return,
@@ -229,9 +357,12 @@ async fn announce_when_ready(config: ClusterConfig, stop: Shutdown) {
         ));
     }
     msg.push_str(&format!(
-        "\n  instance page    http://127.0.0.1:{api}/status.html\n  instance health  http://127.0.0.1:{api}/health\n\
-         Press Ctrl-C to stop everything.\n"
+        "\n  instance page    http://127.0.0.1:{api}/status.html\n  instance health  http://127.0.0.1:{api}/health\n"
     ));
+    if config.workers > 0 {
+        msg.push_str(&gateway_hint(&config).await);
+    }
+    msg.push_str("Press Ctrl-C to stop everything.\n");
     println!("{msg}");
     tracing::info!(elapsed = ?started.elapsed(), "cluster healthy");
 }

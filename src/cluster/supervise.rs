@@ -24,7 +24,7 @@ use crate::shutdown::Shutdown;
 pub struct Spec {
     /// `api-1`, ..., `lb`.
     pub name: String,
-    /// `api` or `balancer`.
+    /// `api`, `balancer` or `worker`.
     pub kind: &'static str,
     pub port: u16,
     pub env: Vec<(String, String)>,

@@ -102,6 +102,51 @@ pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, Pro
     parse_status_line(&buf[..len]).ok_or(ProbeError::BadResponse { addr })
 }
 
+/// Like [`probe`], but reads the whole answer (up to 64 KiB, until the
+/// server closes): the status and the body as text. For the cluster
+/// launcher, which reads a worker's `/health`.
+pub fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|source| ProbeError::Connect { addr, source })?;
+    let io = |source: std::io::Error| ProbeError::Io { addr, source };
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: hashgate-healthcheck\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while all.len() < 64 * 1024 {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(ProbeError::Timeout { addr, timeout })?;
+        stream.set_read_timeout(Some(left)).map_err(io)?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ProbeError::Timeout { addr, timeout });
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+    let status = parse_status_line(&all).ok_or(ProbeError::BadResponse { addr })?;
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
 /// `HTTP/1.x NNN ...` -> `NNN`.
 fn parse_status_line(bytes: &[u8]) -> Option<u16> {
     let line = bytes.split(|&b| b == b'\n').next()?;

@@ -1,8 +1,9 @@
 //! Schema migrations, run by every instance at start-up.
 //!
-//! Ten instances may start at the same instant. On MySQL, sqlx's migrator
-//! takes `GET_LOCK` on a dedicated connection, so one instance applies and the
-//! others wait, then find nothing to do; the connection is closed afterwards
+//! Ten instances may start at the same instant. On MySQL we take
+//! `GET_LOCK('hashgate_migrations', 60)` on a dedicated connection (sqlx's
+//! own lock does not lock on MariaDB, see `mysql`), so one instance applies
+//! and the others wait, then find nothing to do; the connection is closed afterwards
 //! (closing it also releases the lock if a migration failed half-way). The
 //! first connection only checks that the database exists. A
 //! missing database is created first (`CREATE DATABASE IF NOT EXISTS`).
@@ -23,17 +24,29 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 use super::{DbTarget, Store, StoreError};
 
 fn migrator(dialect: &str) -> Migrator {
-    let sql = match dialect {
-        "mysql" => include_str!("../../migrations/mysql/0001_workers.sql"),
-        _ => include_str!("../../migrations/sqlite/0001_workers.sql"),
+    let (workers, gateway) = match dialect {
+        "mysql" => (
+            include_str!("../../migrations/mysql/0001_workers.sql"),
+            include_str!("../../migrations/mysql/0002_gateway.sql"),
+        ),
+        _ => (
+            include_str!("../../migrations/sqlite/0001_workers.sql"),
+            include_str!("../../migrations/sqlite/0002_gateway.sql"),
+        ),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "workers".into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    let migration = |version: i64, name: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "workers", workers),
+        migration(2, "gateway", gateway),
+    ])
 }
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
@@ -70,6 +83,19 @@ async fn mysql(opts: &MySqlConnectOptions) -> Result<(), StoreError> {
         .max_connections(1)
         .connect_with(opts.clone())
         .await?;
+    // Our own lock, on the pool's one connection, before sqlx's: sqlx asks
+    // for GET_LOCK(name, -1), which MySQL reads as "wait forever" but
+    // MariaDB (10.11 tested) answers at once with NULL, locking nothing;
+    // two instances then applied the same migration side by side.
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('hashgate_migrations', 60)")
+        .fetch_one(&pool)
+        .await?;
+    if locked != Some(1) {
+        pool.close().await;
+        return Err(StoreError::Unavailable(
+            "another instance held the migration lock for 60 s".into(),
+        ));
+    }
     let result = migrator("mysql").run(&pool).await;
     pool.close().await;
     result.map_err(migrate_error)

@@ -12,7 +12,9 @@
 //! instance starts, and recovers, without the database being up.
 
 pub mod config;
+pub mod keys;
 mod migrate;
+pub mod usage;
 pub mod workers;
 
 use std::future::Future;

@@ -34,6 +34,8 @@ pub struct Heartbeat {
     pub current_connections: Option<u32>,
     pub cpu_usage: Option<f64>,
     pub memory_usage: Option<f64>,
+    /// Jobs queued on the worker (running plus pending), for least-queue.
+    pub queue_length: Option<u32>,
 }
 
 /// Listing filters.
@@ -58,6 +60,8 @@ pub struct Worker {
     pub current_connections: i64,
     pub cpu_usage: Option<f64>,
     pub memory_usage: Option<f64>,
+    /// What the last heartbeat reported; `None` if it never did.
+    pub queue_length: Option<i64>,
     pub total_requests: i64,
     pub total_failures: i64,
     pub avg_response_ms: f64,
@@ -77,6 +81,7 @@ where
     f64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
     Option<f64>: Decode<'r, R::Database>,
+    Option<i64>: Decode<'r, R::Database>,
     R::Database: Database,
 {
     fn from_row(r: &'r R) -> Result<Self, sqlx::Error> {
@@ -92,6 +97,7 @@ where
             current_connections: r.try_get("current_connections")?,
             cpu_usage: r.try_get("cpu_usage")?,
             memory_usage: r.try_get("memory_usage")?,
+            queue_length: r.try_get("queue_length")?,
             total_requests: r.try_get("total_requests")?,
             total_failures: r.try_get("total_failures")?,
             avg_response_ms: r.try_get("avg_response_ms")?,
@@ -103,8 +109,8 @@ where
 }
 
 const COLUMNS: &str = "SELECT id, name, host, port, service_type, status, weight, \
-    max_connections, current_connections, cpu_usage, memory_usage, total_requests, \
-    total_failures, avg_response_ms, last_heartbeat, created_at, updated_at FROM worker_nodes";
+    max_connections, current_connections, cpu_usage, memory_usage, queue_length, \
+    total_requests, total_failures, avg_response_ms, last_heartbeat, created_at, updated_at FROM worker_nodes";
 
 // The one real dialect difference in the queries: the upsert keyed by the
 // UNIQUE (host, port) constraint.
@@ -163,22 +169,25 @@ impl Store {
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<bool, StoreError> {
         let now = now_ms();
         let fut = async {
-            on_pool!(self, |p| sqlx::query(
+            on_pool!(self, |p| {
+                sqlx::query(
                 "UPDATE worker_nodes SET status = ?, \
                  current_connections = COALESCE(?, current_connections), \
                  cpu_usage = COALESCE(?, cpu_usage), memory_usage = COALESCE(?, memory_usage), \
-                 last_heartbeat = ?, updated_at = ? WHERE id = ?",
+                 queue_length = COALESCE(?, queue_length), last_heartbeat = ?, updated_at = ? WHERE id = ?",
             )
             .bind(hb.status)
             .bind(hb.current_connections.map(i64::from))
             .bind(hb.cpu_usage)
             .bind(hb.memory_usage)
+            .bind(hb.queue_length.map(i64::from))
             .bind(now)
             .bind(now)
             .bind(hb.worker_id)
             .execute(p)
             .await
-            .map(|r| r.rows_affected()))
+            .map(|r| r.rows_affected())
+            })
         };
         Ok(self.bounded(fut).await? > 0)
     }
@@ -186,9 +195,9 @@ impl Store {
     /// Workers matching `filter`, by id.
     pub async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>, StoreError> {
         const SQL: &str = "SELECT id, name, host, port, service_type, status, weight, \
-            max_connections, current_connections, cpu_usage, memory_usage, total_requests, \
-            total_failures, avg_response_ms, last_heartbeat, created_at, updated_at \
-            FROM worker_nodes WHERE (? IS NULL OR service_type = ?) \
+            max_connections, current_connections, cpu_usage, memory_usage, queue_length, \
+            total_requests, total_failures, avg_response_ms, last_heartbeat, created_at, \
+            updated_at FROM worker_nodes WHERE (? IS NULL OR service_type = ?) \
             AND (? IS NULL OR status = ?) ORDER BY id LIMIT 10000";
         let (st, status) = (&filter.service_type, &filter.status);
         let fut = async {
