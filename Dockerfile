@@ -1,4 +1,4 @@
-# hashgate runtime image: the static `balancer`, `api` and `cluster` binaries in
+# hashgate runtime image: the static `balancer`, `api`, `cluster` and `worker` binaries in
 # an otherwise empty (`scratch`) image, running as a non-root user.
 #
 # Build it with `./docker/build.sh` (see the README's Docker section). That one
@@ -47,10 +47,10 @@ COPY . .
 RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
  && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target "$target" \
-        --bin balancer --bin api --bin cluster \
+        --bin balancer --bin api --bin cluster --bin worker \
  && mkdir -p /out \
  && cp "target/$target/release/balancer" "target/$target/release/api" \
-       "target/$target/release/cluster" /out/
+       "target/$target/release/cluster" "target/$target/release/worker" /out/
 
 # ---- default: the runtime image built from the builder stage --------------
 FROM base AS runtime

@@ -4,7 +4,7 @@
 #
 #   ./docker/build.sh
 #
-# - With `cargo` on PATH (or HASHGATE_BUILD=host) the three binaries are
+# - With `cargo` on PATH (or HASHGATE_BUILD=host) the four binaries are
 #   compiled here as static executables and copied into a `FROM scratch`
 #   image (Dockerfile stage `prebuilt`). Nothing is pulled from a registry,
 #   so this works offline and on CI machines that reach no registry.
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 image="${HASHGATE_IMAGE:-hashgate:latest}"
 mode="${HASHGATE_BUILD:-auto}"
 profile="${HASHGATE_PROFILE:-release}"
-bins=(balancer api cluster)
+bins=(balancer api cluster worker)
 
 if [[ "$mode" == auto ]]; then
     if command -v cargo >/dev/null 2>&1; then mode=host; else mode=docker; fi
