@@ -40,6 +40,7 @@ use super::breaker::{Admit, BreakerState};
 use super::conn::{ConnectError, TooLarge, Upload, WorkerBody};
 use super::keys::{self, AuthError, Caller};
 use super::pool::WorkerTarget;
+use crate::proxy::rules;
 use crate::store::Store;
 use crate::store::usage::UsageRow;
 
@@ -71,52 +72,34 @@ fn may_retry(err: &TryError, idempotent: bool, replayable: bool) -> bool {
     }
 }
 
-/// Idempotent by method (RFC 9110 §9.2.2) or by the client's own key.
+/// Idempotent by method (RFC 9110 §9.2.2) or by the client's own key: the
+/// balancer's rule ([`rules::is_idempotent`]), one rule for both tiers.
 fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-    ) || headers.contains_key(IDEMPOTENCY_KEY)
-}
-
-/// A 5xx that says the worker, not the job, is in trouble (feeds the breaker).
-fn blames_worker(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 502..=504)
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself.
-fn skip_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "authorization"
-            | "x-request-id"
-            | "expect"
+    rules::is_idempotent(
+        method.as_str().as_bytes(),
+        headers.contains_key(IDEMPOTENCY_KEY),
     )
+}
+
+/// A 5xx that says the worker, not the job, is in trouble (feeds the
+/// breaker): the balancer's rule ([`rules::status_blames`]).
+fn blames_worker(status: StatusCode) -> bool {
+    rules::status_blames(status.as_u16())
+}
+
+/// Hop-by-hop headers ([`rules::is_hop_by_hop`]) and what the gateway sets
+/// itself or consumes (the caller's key never reaches a worker).
+fn skip_request_header(name: &HeaderName) -> bool {
+    rules::is_hop_by_hop(name.as_str().as_bytes())
+        || matches!(
+            name.as_str(),
+            "host" | "authorization" | "x-request-id" | "expect"
+        )
 }
 
 fn skip_response_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "x-request-id"
-            | "x-worker-id"
-    )
+    rules::is_hop_by_hop(name.as_str().as_bytes())
+        || matches!(name.as_str(), "x-request-id" | "x-worker-id")
 }
 
 /// The client's request id when it is a sensible one, else a new one.

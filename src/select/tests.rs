@@ -151,8 +151,10 @@ fn least_time_sends_clearly_less_to_a_slow_target() {
     }
     // p2c: the slow one wins only when both draws are itself, which they
     // cannot be: it is never picked while a faster one is drawn with it.
+    // (The two fast ones split the rest unevenly here: no request ever
+    // completes, so the one sampled earlier keeps decaying to the cheaper.)
     assert_eq!(count[1], 0, "{count:?}");
-    assert!(count[0] > 1000 && count[2] > 1000, "{count:?}");
+    assert!(count[0] > 500 && count[2] > 500, "{count:?}");
 }
 
 #[test]
