@@ -173,11 +173,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadClock<T> {
         let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[filled..];
-                if !new.is_empty() {
-                    let new = new.to_vec();
-                    this.observe(&new);
-                }
+                this.observe(&buf.filled()[filled..]);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
