@@ -210,12 +210,37 @@ pub fn check(data: &[u8]) {
 
 /// `BodyProgress` over the same reads.
 fn progress(framing: Framing, reads: &[&[u8]], chunked: Verdict, what: &dyn Fn() -> String) {
-    let mut p = BodyProgress::new(framing);
+    let mut p = BodyProgress::new(framing, true);
+    // The same body for a client that takes no trailers: the same bytes
+    // belong to it, a prefix of them is passed on, the end added once.
+    let mut q = BodyProgress::new(framing, false);
     let mut c = Chunked::default();
     let mut claimed: u64 = 0;
     for read in reads {
         let was_done = p.is_done();
-        let got = p.feed(read);
+        let fed = p.feed(read);
+        let stripped = q.feed(read);
+        match (&fed, &stripped) {
+            (Ok(f), Ok(g)) => {
+                assert_eq!((f.pass, f.tail), (f.used, &b""[..]), "{}", what());
+                assert_eq!(
+                    g.used,
+                    f.used,
+                    "trailers or not, the same bytes belong to the body: {}",
+                    what()
+                );
+                assert!(g.pass <= g.used, "{}", what());
+                assert!(
+                    g.tail.is_empty() || q.is_done(),
+                    "the end added before the end: {}",
+                    what()
+                );
+                assert_eq!(q.is_done(), p.is_done(), "{}", what());
+            }
+            (Err(_), Err(_)) => {}
+            _ => panic!("trailers or not, one refused and one did not: {}", what()),
+        }
+        let got = fed.map(|f| f.used);
         if framing == Framing::Chunked {
             let want = c.feed(read);
             assert_eq!(got, want, "BodyProgress differs from Chunked: {}", what());

@@ -244,8 +244,12 @@ fn check_ready(input: &Input<'_>, head: &RequestHead, out: &[u8]) {
         .collect();
     assert_eq!(kept, want, "lines lost, added or altered: {}", what());
 
-    let idempotent = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"].contains(&method);
+    let keyed = !wire::values(&sent, "idempotency-key").is_empty();
+    let idempotent =
+        keyed || ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"].contains(&method);
     assert_eq!(head.idempotent, idempotent, "{}", what());
+    let te_trailers = wire::tokens(&sent, "te").iter().any(|t| t == "trailers");
+    assert_eq!(head.te_trailers, te_trailers, "TE: trailers: {}", what());
     assert_eq!(
         head.close,
         named.iter().any(|t| t == "close"),
@@ -266,6 +270,8 @@ fn check_ready(input: &Input<'_>, head: &RequestHead, out: &[u8]) {
         Request::Ready(RequestHead {
             head_len: out.len(),
             close: false,
+            // TE is hop-by-hop: the rewrite carries none.
+            te_trailers: false,
             ..clone(head)
         }),
         "the rewrite does not rewrite to itself: {}",
@@ -280,5 +286,6 @@ fn clone(h: &RequestHead) -> RequestHead {
         body_len: h.body_len,
         idempotent: h.idempotent,
         close: h.close,
+        te_trailers: h.te_trailers,
     }
 }

@@ -195,7 +195,9 @@ fn check_ready(input: &Input<'_>, head: &ResponseHead, out: &[u8]) {
         assert!(head.close_client, "the client connection stays: {}", what());
     }
     let connection = wire::values(&relayed, "connection");
-    let want_connection: &[&[u8]] = if head.close_client { &[b"close"] } else { &[] };
+    // An interim answer never says close: the final one does.
+    let closes = head.close_client && !(100..200).contains(&head.status);
+    let want_connection: &[&[u8]] = if closes { &[b"close"] } else { &[] };
     assert_eq!(connection, want_connection, "Connection: {}", what());
     if head.reusable {
         assert!(
@@ -227,11 +229,25 @@ fn check_ready(input: &Input<'_>, head: &ResponseHead, out: &[u8]) {
             want.push((name.clone(), value.clone()));
         }
     }
-    let kept: Vec<Field> = relayed
+    // A final answer without a Date gets one (RFC 9110 §6.6.1), after the
+    // kept lines; an interim one never.
+    let interim = (100..200).contains(&head.status);
+    let dated = !wire::values(&sent, "date").is_empty();
+    let mut kept: Vec<Field> = relayed
         .iter()
         .filter(|(n, _)| !n.eq_ignore_ascii_case("connection"))
         .cloned()
         .collect();
+    if !dated && !interim {
+        let added = kept.pop().filter(|(n, v)| {
+            n == "date" && httpdate::parse_http_date(&String::from_utf8_lossy(v)).is_ok()
+        });
+        assert!(
+            added.is_some(),
+            "no Date added to an answer without one: {}",
+            what()
+        );
+    }
     assert_eq!(kept, want, "lines lost, added or altered: {}", what());
 
     // Rewriting the rewrite gives it back, when it still fits hashgate's

@@ -15,14 +15,14 @@ pub const OUT_HEADERS: usize = 128;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and
 /// `Proxy-Connection`), as the README's proxying section lists them.
-pub const HOP_BY_HOP: [&str; 9] = [
+/// `Trailer` is not one: it announces end-to-end trailer fields.
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];

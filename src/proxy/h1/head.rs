@@ -395,10 +395,13 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
             push_line(out, name, line.value);
         }
     }
-    if !has_date {
+    // An interim answer gets neither: its connection decisions and date
+    // belong to the final one (RFC 9110 §6.6.1 asks a date of 2xx-4xx).
+    let interim = (100..200).contains(&status);
+    if !has_date && !interim {
         push_date(out);
     }
-    if close_client {
+    if close_client && !interim {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -641,6 +644,10 @@ mod tests {
                     .lines()
                     .filter(|l| l.to_ascii_lowercase().starts_with("date: "))
                     .collect();
+                if head.is_interim() {
+                    assert!(dates.is_empty(), "no Date on an interim answer: {text}");
+                    return (head, text);
+                }
                 assert_eq!(dates.len(), 1, "{text}");
                 assert!(httpdate::parse_http_date(&dates[0][6..]).is_ok(), "{text}");
                 let without = text.replace(&format!("{}\r\n", dates[0]), "");
