@@ -130,6 +130,31 @@ impl Env {
         self.range_or(var, default, 1, u16::MAX)
     }
 
+    /// Checks that `count` ports from `start` stay below 65536. The error
+    /// names the variable the user set (the count when both or neither are
+    /// set), never one left at its default.
+    pub fn port_run(
+        &self,
+        start_var: &'static str,
+        start: u16,
+        count_var: &'static str,
+        count: u16,
+    ) -> Result<(), ConfigError> {
+        if u32::from(start) + u32::from(count.max(1)) - 1 <= u32::from(u16::MAX) {
+            return Ok(());
+        }
+        let (var, value) = if self.raw(count_var).is_none() && self.raw(start_var).is_some() {
+            (start_var, start.to_string())
+        } else {
+            (count_var, count.to_string())
+        };
+        Err(ConfigError::new(
+            var,
+            &value,
+            format_args!("{count} ports from {start} run past port 65535"),
+        ))
+    }
+
     /// A comma-separated list of CIDR blocks; a bare address means a single host.
     pub fn cidrs(&self, var: &'static str, default: &str) -> Result<Vec<IpNet>, ConfigError> {
         let raw = self.raw(var).unwrap_or(default);
@@ -402,13 +427,7 @@ fn discovery_from_env(env: &Env) -> Result<DiscoveryConfig, ConfigError> {
     let host = env.raw("BACKEND_HOST").unwrap_or("127.0.0.1").to_owned();
     let start = env.port_or("BACKEND_START_PORT", 13004)?;
     let count = env.range_or("BACKEND_COUNT", 5, 1, 1000)?;
-    if u32::from(start) + u32::from(count) - 1 > u32::from(u16::MAX) {
-        return Err(ConfigError::new(
-            "BACKEND_COUNT",
-            &count.to_string(),
-            "runs past port 65535",
-        ));
-    }
+    env.port_run("BACKEND_START_PORT", start, "BACKEND_COUNT", count)?;
     Ok(DiscoveryConfig::PortRange { host, start, count })
 }
 
@@ -497,6 +516,7 @@ mod tests {
             ("BACKEND_HOSTS", "10.0.0.1:13004=x"),
             ("DNS_SERVER", "localhost"),
             ("BACKEND_COUNT", "0"),
+            ("BACKEND_START_PORT", "65535"),
             ("LB_STRATEGY", "fastest"),
             ("HASH_BALANCE_FACTOR", "0.5"),
             ("QUEUE_PATH", "api/queue"),

@@ -153,9 +153,6 @@ fn hop_address(hop: &str) -> Option<IpAddr> {
     if let Ok(ip) = hop.parse::<IpAddr>() {
         return Some(ip.to_canonical());
     }
-    if let Some(ip) = crate::known::bracketed_hop(hop) {
-        return Some(ip);
-    }
     if let Some(rest) = hop.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
         let v6: Ipv6Addr = v6.parse().ok()?;

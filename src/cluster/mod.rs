@@ -52,23 +52,16 @@ impl ClusterConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let instances = env.range_or("INSTANCE_COUNT", 5, 1, 100)?;
         let start_port = env.port_or("START_PORT", 13004)?;
-        if u32::from(start_port) + u32::from(instances) - 1 > u32::from(u16::MAX) {
-            return Err(ConfigError::new(
-                "INSTANCE_COUNT",
-                &instances.to_string(),
-                "runs past port 65535",
-            ));
-        }
+        env.port_run("START_PORT", start_port, "INSTANCE_COUNT", instances)?;
         let health_interval = env.secs_or("HEALTH_INTERVAL_SECS", 2)?.as_secs();
         let workers = env.range_or("WORKER_COUNT", 0, 0, 100)?;
         let worker_start_port = env.port_or("WORKER_START_PORT", 5001)?;
-        if u32::from(worker_start_port) + u32::from(workers.max(1)) - 1 > u32::from(u16::MAX) {
-            return Err(ConfigError::new(
-                "WORKER_COUNT",
-                &workers.to_string(),
-                "runs past port 65535",
-            ));
-        }
+        env.port_run(
+            "WORKER_START_PORT",
+            worker_start_port,
+            "WORKER_COUNT",
+            workers,
+        )?;
         Ok(ClusterConfig {
             instances,
             start_port,

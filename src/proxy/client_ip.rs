@@ -71,11 +71,20 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         return Some(ip.to_canonical());
     }
     if let Some(rest) = hop.strip_prefix('[') {
-        let end = rest.find(']')?;
-        return rest[..end]
-            .parse::<IpAddr>()
+        // Only `[v6]` or `[v6]:port`: brackets hold an IPv6 address, and
+        // nothing but a port may follow them.
+        let (inside, after) = rest.split_once(']')?;
+        if !(after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok()))
+        {
+            return None;
+        }
+        return inside
+            .parse::<std::net::Ipv6Addr>()
             .ok()
-            .map(|ip| ip.to_canonical());
+            .map(|ip| IpAddr::V6(ip).to_canonical());
     }
     let (ip, port) = hop.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
@@ -101,6 +110,21 @@ mod tests {
 
     fn trusted(list: &[&str]) -> TrustedProxies {
         TrustedProxies::new(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn only_v6_goes_in_brackets_and_only_a_port_after_them() {
+        assert_eq!(parse_hop("[2001:db8::9]"), Some(ip("2001:db8::9")));
+        assert_eq!(parse_hop("[2001:db8::9]:443"), Some(ip("2001:db8::9")));
+        for bad in [
+            "[198.51.100.2]",
+            "[2001:db8::1]junk",
+            "[2001:db8::1]:",
+            "[::1]:99999",
+            "[::1",
+        ] {
+            assert_eq!(parse_hop(bad), None, "{bad}");
+        }
     }
 
     #[test]

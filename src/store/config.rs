@@ -147,24 +147,28 @@ fn is_plain_identifier(s: &str) -> bool {
 }
 
 /// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`.
+///
+/// The credentials end at the *last* `@` of the URL, not at the first `/`:
+/// people paste passwords with `/`, `?`, `#` or `@` in them unencoded (a
+/// base64 password has `/`), and such a URL must never reach a log whole.
+/// A URL with an `@` in its path or query is over-redacted, never under.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
     let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
+    let Some(user_end) = rest[..at].find(':') else {
+        return url.to_owned(); // a user and no password
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end],
+        &rest[..user_end],
+        &rest[at..]
+    )
 }
 
 #[cfg(test)]
@@ -217,6 +221,12 @@ mod tests {
     fn redaction() {
         assert_eq!(redact_url("mysql://u:p@h:1/d"), "mysql://u:***@h:1/d");
         assert_eq!(redact_url("mysql://u@h/d"), "mysql://u@h/d");
+        assert_eq!(
+            redact_url("mysql://u:s3cr/et-pw@h:3306/db"),
+            "mysql://u:***@h:3306/db"
+        );
+        assert_eq!(redact_url("mysql://u:a?b#c@h/db"), "mysql://u:***@h/db");
+        assert_eq!(redact_url("mysql://h:1/db"), "mysql://h:1/db");
         assert_eq!(redact_url("mysql://u:p@ss@h/d"), "mysql://u:***@h/d");
         assert_eq!(redact_url("sqlite:x.db"), "sqlite:x.db");
     }
