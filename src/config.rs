@@ -45,8 +45,18 @@ pub struct Env(HashMap<String, String>);
 
 impl Env {
     /// The process environment (call `dotenvy::dotenv()` first to merge `.env`).
+    ///
+    /// A variable that is not valid UTF-8 does not panic the process (as
+    /// `std::env::vars` would): its value is read lossily, so a setting
+    /// that parses it fails with an error naming it; a name that is not
+    /// UTF-8 is no setting of ours and is left out.
     pub fn from_process() -> Self {
-        Env(std::env::vars().collect())
+        Env(std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let v = v.to_string_lossy().into_owned();
+                Some((k.into_string().ok()?, v))
+            })
+            .collect())
     }
 
     /// An environment made of the given pairs only (tests, embedding).
