@@ -221,14 +221,15 @@ fn render(command: &Command, json: &Value) -> String {
                 } else {
                     s(&b["state"])
                 };
+                let n = |v: &Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
                 out.push_str(&format!(
                     "{:<28} {:<10} {:>6} {:<10} {:>9} {:>10}\n",
                     s(&b["name"]),
                     state,
-                    b["weight"],
+                    n(&b["weight"]),
                     s(&b["source"]),
-                    b["in_flight"],
-                    b["requests"],
+                    n(&b["in_flight"]),
+                    n(&b["requests"]),
                 ));
             }
             out
