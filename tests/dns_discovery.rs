@@ -326,7 +326,7 @@ fn states(status: &serde_json::Value) -> BTreeSet<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_outlive_the_backend_leaving_and_coming_back_in_dns() {
     let (port, _backends) = replicas(&[31, 32, 33]).await;
-    let Some(mut server) = Dnsmasq::start("overrides", &records("ops.test", &[31, 32, 33])).await
+    let Some(server) = Dnsmasq::start("overrides", &records("ops.test", &[31, 32, 33])).await
     else {
         return;
     };
