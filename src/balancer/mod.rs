@@ -200,10 +200,12 @@ async fn discovery_loop(
     }
 }
 
-/// Feeds the `/lb` charts' ring: one point per backend as each 10 s slice
-/// ends (a moment after, so the slice is complete).
+/// Moves the request path's figures on to each new 10 s slice and feeds
+/// the `/lb` charts' ring one point per backend as each slice ends (a
+/// moment after, so the slice is complete).
 async fn sample_loop(proxy: Arc<Proxy>, shutdown: Shutdown) {
     use crate::stats::latency::{SLICE_SECS, epoch};
+    crate::stats::latency::tick(std::time::Instant::now());
     loop {
         let since = epoch().elapsed();
         let next = (since.as_secs() / SLICE_SECS + 1) * SLICE_SECS;
@@ -212,11 +214,10 @@ async fn sample_loop(proxy: Arc<Proxy>, shutdown: Shutdown) {
             () = shutdown.wait() => return,
             () = tokio::time::sleep(wait) => {}
         }
+        let now = std::time::Instant::now();
+        crate::stats::latency::tick(now);
         let snapshot = proxy.backends.load();
-        proxy
-            .stats
-            .history
-            .sample(&snapshot.backends, std::time::Instant::now());
+        proxy.stats.history.sample(&snapshot.backends, now);
     }
 }
 

@@ -13,9 +13,11 @@
 //! other connection is handed to hyper ([`hyper_path`]). Both hand each
 //! request to the one [`driver`], which walks the strategy's candidates,
 //! asks the transport for one attempt at a time, reports every outcome in
-//! one place ([`report`]) and decides retries by [`rules`]. [`Proxy`] is what
-//! they share: the configuration, the published backend set, the counters,
-//! and the balancer's own pages, which the balancer plugs in.
+//! one place ([`report`]) and decides retries by [`rules`]; before routing it
+//! asks the client's token bucket ([`limit`], when rate limiting is on).
+//! [`Proxy`] is what they share: the configuration, the published backend
+//! set, the counters ([`crate::stats`]), and the balancer's own pages, which
+//! the balancer plugs in.
 
 pub mod body;
 pub mod client_ip;

@@ -31,7 +31,9 @@ fn kind(error: &ProxyError) -> FailureKind {
 /// the attempt began; `now` is when.
 pub fn answered(proxy: &Proxy, backend: &Backend, status: u16, took: Duration, now: Instant) {
     backend.load.record_latency_at(took, now);
-    backend.metrics.answered(status, took, now);
+    backend
+        .metrics
+        .answered(status, took, crate::stats::latency::current_slice());
     if rules::status_blames(status) {
         backend.metrics.failed(FailureKind::GatewayStatus);
         backend.stats.errors.fetch_add(1, Relaxed);

@@ -78,7 +78,7 @@ impl FailureKind {
 /// The status classes counted, `1xx` to `5xx`.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The seconds of the process-wide clock the windows share.
+/// The start of the process-wide clock the windows' slices are numbered on.
 pub fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -88,6 +88,24 @@ pub fn epoch() -> Instant {
 #[inline]
 pub fn slice_of(at: Instant) -> u64 {
     at.saturating_duration_since(epoch()).as_secs() / SLICE_SECS
+}
+
+/// The running slice's number as [`tick`] last set it: what the request
+/// path files an answer under, one atomic load instead of a clock read and
+/// a division per request.
+static CURRENT: AtomicU64 = AtomicU64::new(0);
+
+/// Moves the request path on to the slice `now` is in (the balancer's
+/// sampler calls it just after each slice begins; answers in that moment
+/// count in the slice before, which is harmless).
+pub fn tick(now: Instant) {
+    CURRENT.fetch_max(slice_of(now), Relaxed);
+}
+
+/// The slice the request path files answers under now.
+#[inline]
+pub fn current_slice() -> u64 {
+    CURRENT.load(Relaxed)
 }
 
 #[derive(Debug)]
@@ -156,9 +174,10 @@ fn fine_range(i: usize) -> (f64, f64) {
 }
 
 impl BackendMetrics {
-    /// A response head arrived after `took`; `at` is now.
+    /// A response head arrived after `took`, in slice `slice` (see
+    /// [`current_slice`]).
     #[inline]
-    pub fn answered(&self, status: u16, took: Duration, at: Instant) {
+    pub fn answered(&self, status: u16, took: Duration, slice: u64) {
         let shard = self.shards.local();
         let class = (status / 100).clamp(1, 5) as usize - 1;
         shard.classes[class].fetch_add(1, Relaxed);
@@ -169,7 +188,7 @@ impl BackendMetrics {
             .unwrap_or(PROM_BOUNDS_US.len());
         shard.prom[prom].fetch_add(1, Relaxed);
         shard.sum_us.fetch_add(us, Relaxed);
-        let number = slice_of(at) + 1;
+        let number = slice + 1;
         let slice = &shard.window[(number as usize) % SLICES];
         let seen = slice.number.load(Relaxed);
         if seen != number
@@ -300,12 +319,6 @@ impl Percentiles {
             p99_ms: at(0.99),
         }
     }
-
-    /// Merges another backend's counts (for totals): not exact, so totals
-    /// use [`BackendMetrics::merged_window`] instead.
-    pub fn is_empty(&self) -> bool {
-        self.samples == 0
-    }
 }
 
 impl BackendMetrics {
@@ -350,7 +363,7 @@ mod tests {
         let t0 = epoch() + Duration::from_secs(1000);
         for i in 0..100u64 {
             // 1..=100 ms
-            m.answered(200, Duration::from_millis(i + 1), t0);
+            m.answered(200, Duration::from_millis(i + 1), slice_of(t0));
         }
         let p = m.window(t0);
         assert_eq!(p.samples, 100);
@@ -366,7 +379,7 @@ mod tests {
         // reuses (and clears) its place.
         let t1 = t0 + Duration::from_secs(SLICE_SECS * SLICES as u64);
         assert_eq!(m.window(t1).samples, 0);
-        m.answered(503, Duration::from_millis(2), t1);
+        m.answered(503, Duration::from_millis(2), slice_of(t1));
         assert_eq!(m.window(t1).samples, 1);
         assert_eq!(m.classes()[4], 1);
         let (hist, sum) = m.histogram();
