@@ -10,7 +10,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use crate::health::HealthCell;
 use crate::health::outlier::{Admit, Outlier, View};
 use crate::select::{Load, SelectOptions, Selector, Strategy, Target};
+use crate::stats::BackendMetrics;
 use crate::upstream::ConnPool;
 
 /// One entry of `BACKEND_HOSTS`: `host:port`, optionally `=weight`
@@ -105,6 +106,57 @@ impl Endpoint {
     }
 }
 
+/// Where a backend comes from: discovery, or an operator's `add` at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Discovered,
+    Added,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Discovered => "discovered",
+            Source::Added => "added",
+        }
+    }
+}
+
+/// A backend as the published set lists it: discovery's endpoint with the
+/// operator's overrides applied (see [`crate::admin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub endpoint: Endpoint,
+    /// The weight in effect (an override's, else the endpoint's).
+    pub weight: u32,
+    /// No new requests (in-flight ones and open tunnels finish).
+    pub disabled: bool,
+    pub source: Source,
+}
+
+impl Listed {
+    /// A discovered endpoint with no override.
+    pub fn discovered(endpoint: Endpoint) -> Self {
+        Listed {
+            weight: endpoint.weight,
+            endpoint,
+            disabled: false,
+            source: Source::Discovered,
+        }
+    }
+}
+
+/// What an operator may change on a live backend without replacing it
+/// (its counters, health and connections stay): read on every request,
+/// so atomics.
+#[derive(Debug)]
+struct Controls {
+    weight: AtomicU32,
+    disabled: AtomicBool,
+    source: AtomicU8,
+}
+
 /// Request counters of one backend, updated lock-free on the request path
 /// (what is in flight is in its [`Load`]).
 #[derive(Debug, Default)]
@@ -122,24 +174,86 @@ pub struct BackendStats {
 /// load, counters and its pool of keep-alive connections.
 #[derive(Debug)]
 pub struct Backend {
+    /// What discovery (or the operator's `add`) said: name, address and
+    /// the configured weight.
     pub endpoint: Endpoint,
     pub health: HealthCell,
     pub outlier: Outlier,
     pub load: Load,
     pub stats: BackendStats,
+    /// Answers by class, failures by kind, latency (per worker thread).
+    pub metrics: BackendMetrics,
     pub pool: ConnPool,
+    controls: Controls,
 }
 
 impl Backend {
     pub fn new(endpoint: Endpoint, pool: ConnPool) -> Self {
-        Backend {
-            endpoint,
+        let listed = Listed::discovered(endpoint);
+        Backend::listed(&listed, pool)
+    }
+
+    /// A backend as `listed` says (weight, disabled, source).
+    pub fn listed(listed: &Listed, pool: ConnPool) -> Self {
+        let b = Backend {
+            endpoint: listed.endpoint.clone(),
             health: HealthCell::default(),
             outlier: Outlier::default(),
             load: Load::default(),
             stats: BackendStats::default(),
+            metrics: BackendMetrics::default(),
             pool,
+            controls: Controls {
+                weight: AtomicU32::new(0),
+                disabled: AtomicBool::new(false),
+                source: AtomicU8::new(0),
+            },
+        };
+        b.apply(listed);
+        b
+    }
+
+    /// Takes the weight, disabled flag and source of `listed`.
+    pub fn apply(&self, listed: &Listed) {
+        self.controls.weight.store(listed.weight, Relaxed);
+        self.controls.disabled.store(listed.disabled, Relaxed);
+        self.controls
+            .source
+            .store(u8::from(listed.source == Source::Added), Relaxed);
+    }
+
+    /// Whether it lists as `listed` (so a rebuild may keep it as it is).
+    pub fn lists_as(&self, listed: &Listed) -> bool {
+        self.endpoint.name == listed.endpoint.name
+            && self.endpoint.addr == listed.endpoint.addr
+            && self.weight() == listed.weight
+            && self.is_disabled() == listed.disabled
+            && self.source() == listed.source
+    }
+
+    /// The weight in effect (0: draining).
+    #[inline]
+    pub fn weight(&self) -> u32 {
+        self.controls.weight.load(Relaxed)
+    }
+
+    /// Disabled by an operator: no new requests.
+    #[inline]
+    pub fn is_disabled(&self) -> bool {
+        self.controls.disabled.load(Relaxed)
+    }
+
+    pub fn source(&self) -> Source {
+        if self.controls.source.load(Relaxed) == 1 {
+            Source::Added
+        } else {
+            Source::Discovered
         }
+    }
+
+    /// Weight 0 and nothing in flight any more: safe to stop.
+    pub fn is_drained(&self) -> bool {
+        self.weight() == 0 && self.load.in_flight() == 0
     }
 
     pub fn name(&self) -> &str {
@@ -150,24 +264,54 @@ impl Backend {
         self.endpoint.addr
     }
 
-    /// May take new requests: weight above 0, up by its checks, and not
-    /// ejected by outlier detection (a half-open backend is available: the
-    /// request path then lets one request through).
+    /// May take new requests: weight above 0, not disabled, up by its
+    /// checks, and not ejected by outlier detection (a half-open backend is
+    /// available: the request path then lets one request through).
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.endpoint.weight > 0 && self.health.is_up() && self.outlier.admit() != Admit::No
+        self.weight() > 0
+            && !self.is_disabled()
+            && self.health.is_up()
+            && self.outlier.admit() != Admit::No
     }
 
     /// What the status pages call its state.
     pub fn state(&self) -> State {
+        if self.is_disabled() {
+            return State::Disabled;
+        }
         if !self.health.is_up() {
             return State::Down;
         }
         match self.outlier.view() {
             View::Ejected { .. } => State::Ejected,
             View::HalfOpen { .. } => State::HalfOpen,
-            View::Healthy if self.endpoint.weight == 0 => State::Draining,
-            View::Healthy => State::Up,
+            View::Healthy => self.healthy_state(),
+        }
+    }
+
+    fn healthy_state(&self) -> State {
+        if self.weight() == 0 {
+            State::Draining
+        } else {
+            State::Up
+        }
+    }
+
+    /// [`Backend::state`] from atomics only (no lock the request path
+    /// takes): what a `/metrics` scrape reads.
+    pub fn state_now(&self) -> State {
+        use crate::health::outlier::Phase;
+        if self.is_disabled() {
+            return State::Disabled;
+        }
+        if !self.health.is_up() {
+            return State::Down;
+        }
+        match self.outlier.phase() {
+            Phase::Ejected => State::Ejected,
+            Phase::HalfOpen => State::HalfOpen,
+            Phase::Healthy => self.healthy_state(),
         }
     }
 }
@@ -182,11 +326,23 @@ pub enum State {
     Ejected,
     /// Its ejection ran out: one request or check decides.
     HalfOpen,
-    /// Weight 0: no new clients, still checked.
+    /// Weight 0: no new clients, still checked (drained once nothing is
+    /// in flight, see [`Backend::is_drained`]).
     Draining,
+    /// Disabled by an operator: no new requests, still checked.
+    Disabled,
 }
 
 impl State {
+    pub const ALL: [State; 6] = [
+        State::Up,
+        State::Down,
+        State::Ejected,
+        State::HalfOpen,
+        State::Draining,
+        State::Disabled,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             State::Up => "up",
@@ -194,6 +350,7 @@ impl State {
             State::Ejected => "ejected",
             State::HalfOpen => "half-open",
             State::Draining => "draining",
+            State::Disabled => "disabled",
         }
     }
 }
@@ -203,7 +360,16 @@ impl Target for Backend {
         &self.endpoint.name
     }
     fn weight(&self) -> u32 {
-        self.endpoint.weight
+        Backend::weight(self)
+    }
+    fn placement_weight(&self) -> u32 {
+        // Drained by an operator (an override of 0 over a configured
+        // weight): keeps its place on the ring. A backend configured with
+        // weight 0 has none.
+        match Backend::weight(self) {
+            0 if self.source() == Source::Discovered => self.endpoint.weight,
+            w => w,
+        }
     }
     fn load(&self) -> &Load {
         &self.load

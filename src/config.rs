@@ -301,6 +301,124 @@ pub struct BalancerConfig {
     /// `WORKER_THREADS`: connection worker threads, each a single-threaded
     /// event loop (0 = one per core); see [`crate::threads`].
     pub worker_threads: usize,
+    /// Runtime management, the client table and the rate limiter.
+    pub ops: OpsConfig,
+}
+
+/// The operator's side of the balancer: the admin token, where overrides
+/// are kept, the client table and the rate limiter.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// `LB_ADMIN_TOKEN`: the bearer token of the management API (`None`:
+    /// every mutating call answers 403 and says how to enable it).
+    pub admin_token: Option<Secret>,
+    /// `LB_STATE_FILE`: where runtime overrides are written (atomically)
+    /// and read back at start-up.
+    pub state_file: Option<std::path::PathBuf>,
+    /// `CLIENT_TABLE_SIZE`: recently seen client keys kept for `/lb/clients`.
+    pub client_table_size: usize,
+    /// `RATE_LIMIT_RPS` / `RATE_LIMIT_BURST`; `None`: no rate limiting.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per client key: `rps` tokens a second, `burst` at most.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub rps: f64,
+    pub burst: u32,
+}
+
+/// A secret from the environment: compared, never printed (`Debug` and
+/// every status page show only that it is set).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A secret made in code (tests, embedding).
+    pub fn for_tests(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The shortest admin token accepted: long enough that guessing is no
+/// strategy, short enough for `openssl rand -hex 16`.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+fn ops_from_env(env: &Env) -> Result<OpsConfig, ConfigError> {
+    let admin_token = match env.raw("LB_ADMIN_TOKEN") {
+        None => None,
+        // The value itself is never echoed back, not even in an error.
+        Some(t) if t.len() < MIN_TOKEN_LEN => {
+            return Err(ConfigError::new(
+                "LB_ADMIN_TOKEN",
+                "(hidden)",
+                format_args!(
+                    "must be at least {MIN_TOKEN_LEN} characters (e.g. openssl rand -hex 24)"
+                ),
+            ));
+        }
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(ConfigError::new(
+                "LB_ADMIN_TOKEN",
+                "(hidden)",
+                "must be printable ASCII without spaces (it travels in an Authorization header)",
+            ));
+        }
+        Some(t) => Some(Secret(t.to_owned())),
+    };
+    let rps: f64 = env.parse_or("RATE_LIMIT_RPS", 0.0)?;
+    if !rps.is_finite() || !(0.0..=1_000_000.0).contains(&rps) {
+        return Err(ConfigError::new(
+            "RATE_LIMIT_RPS",
+            &rps.to_string(),
+            "must be between 0 (off) and 1000000 requests per second",
+        ));
+    }
+    if rps > 0.0 && rps < 0.001 {
+        return Err(ConfigError::new(
+            "RATE_LIMIT_RPS",
+            &rps.to_string(),
+            "must be 0 (off) or at least 0.001",
+        ));
+    }
+    let burst: Option<u32> = env.parse_opt("RATE_LIMIT_BURST")?;
+    let rate_limit = match (rps > 0.0, burst) {
+        (false, Some(b)) => {
+            return Err(ConfigError::new(
+                "RATE_LIMIT_BURST",
+                &b.to_string(),
+                "needs RATE_LIMIT_RPS (rate limiting is off without it)",
+            ));
+        }
+        (false, None) => None,
+        (true, Some(0)) => {
+            return Err(ConfigError::new(
+                "RATE_LIMIT_BURST",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        (true, burst) => Some(RateLimit {
+            rps,
+            burst: burst.unwrap_or_else(|| rps.ceil().clamp(1.0, u32::MAX as f64) as u32),
+        }),
+    };
+    Ok(OpsConfig {
+        admin_token,
+        state_file: env.raw("LB_STATE_FILE").map(std::path::PathBuf::from),
+        client_table_size: env.range_or("CLIENT_TABLE_SIZE", 10_000, 0, 1_000_000)?,
+        rate_limit,
+    })
 }
 
 impl BalancerConfig {
@@ -359,6 +477,7 @@ impl BalancerConfig {
                 .transpose()?,
             shutdown_grace: env.secs_or("SHUTDOWN_GRACE_SECS", 30)?,
             worker_threads: env.range_or("WORKER_THREADS", 0, 0, 1024)?,
+            ops: ops_from_env(env)?,
         })
     }
 }
@@ -533,6 +652,12 @@ mod tests {
             ("OUTLIER_MAX_EJECTION_PERCENT", "101"),
             ("CLIENT_HEADER_TIMEOUT_SECS", "0"),
             ("MAX_CLIENT_CONNECTIONS", "0"),
+            ("LB_ADMIN_TOKEN", "short"),
+            ("LB_ADMIN_TOKEN", "has a space in it, long enough"),
+            ("CLIENT_TABLE_SIZE", "-1"),
+            ("RATE_LIMIT_RPS", "fast"),
+            ("RATE_LIMIT_RPS", "-1"),
+            ("RATE_LIMIT_BURST", "10"),
         ] {
             let mut pairs = vec![(var, value)];
             if var == "DNS_SERVER" {
@@ -542,6 +667,29 @@ mod tests {
             assert_eq!(err.var, var, "{err}");
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn ops_defaults_and_the_token_is_never_echoed() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.ops.admin_token.is_none() && c.ops.rate_limit.is_none());
+        assert_eq!(c.ops.client_table_size, 10_000);
+        let c = cfg(&[("RATE_LIMIT_RPS", "2.5")]).unwrap();
+        assert_eq!(c.ops.rate_limit, Some(RateLimit { rps: 2.5, burst: 3 }));
+        let c = cfg(&[("RATE_LIMIT_RPS", "10"), ("RATE_LIMIT_BURST", "40")]).unwrap();
+        assert_eq!(
+            c.ops.rate_limit,
+            Some(RateLimit {
+                rps: 10.0,
+                burst: 40
+            })
+        );
+        let token = "s3cret-token-0123456789";
+        let c = cfg(&[("LB_ADMIN_TOKEN", token)]).unwrap();
+        assert_eq!(c.ops.admin_token.as_ref().map(Secret::expose), Some(token));
+        assert!(!format!("{c:?}").contains(token), "Debug shows the token");
+        let err = cfg(&[("LB_ADMIN_TOKEN", "short-secret")]).unwrap_err();
+        assert!(!err.to_string().contains("short-secret"), "{err}");
     }
 
     #[test]

@@ -39,7 +39,13 @@
 //!   one driver, the rules, the outcome reports, and the two transports
 //!   ([`proxy::h1`], the HTTP/1.1 fast path, and [`proxy::hyper_path`]).
 //! - [`balancer`]: wiring, background loops, own endpoints (`/health`, `/lb`,
-//!   `/lb/status`).
+//!   `/lb/status`, `/lb/stats`, `/lb/backends`, `/lb/config`, `/lb/route`,
+//!   `/lb/clients`, `/metrics`).
+//! - [`admin`]: runtime management, a room of its own: overrides by backend
+//!   name layered over discovery, the admin token, the state file, the
+//!   log filter switch and `balancer ctl`.
+//! - [`stats`]: the figures operators read, per worker thread on the
+//!   request path and summed when read; the client table; the charts' ring.
 //! - [`api`]: an API instance (axum router, worker registry, `/health`,
 //!   `/status.html`, `api keys`), served through the same accept loop.
 //! - [`gateway`]: what makes an instance a gateway master: API keys,
@@ -56,6 +62,7 @@
 //! - [`threads`]: the balancer's per-core connection threads, each a
 //!   single-threaded event loop that also owns its upstream connections.
 
+pub mod admin;
 pub mod api;
 pub mod backend;
 pub mod balancer;
@@ -71,6 +78,7 @@ pub mod ring;
 pub mod select;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod threads;

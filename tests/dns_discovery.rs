@@ -294,3 +294,107 @@ async fn a_and_aaaa_records_both_become_backends() {
     );
     lb.stop().await.expect("balancer stops cleanly");
 }
+
+/// An operator's management call with the token these tests set.
+async fn manage(lb: &TestBalancer, method: &str, path: &str) -> Reply {
+    let mut c = Client::connect(lb.addr).await.expect("connect");
+    c.send(
+        method,
+        path,
+        &[("authorization", "Bearer dns-test-admin-token-0123")],
+        Default::default(),
+    )
+    .await
+    .expect("management call")
+}
+
+/// `(name, state)` of every backend listed.
+fn states(status: &serde_json::Value) -> BTreeSet<(String, String)> {
+    status["backends"]
+        .as_array()
+        .map(|bs| {
+            bs.iter()
+                .map(|b| {
+                    let s = |k: &str| b[k].as_str().unwrap_or_default().to_owned();
+                    (s("name"), s("state"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_outlive_the_backend_leaving_and_coming_back_in_dns() {
+    let (port, _backends) = replicas(&[31, 32, 33]).await;
+    let Some(server) = Dnsmasq::start("overrides", &records("ops.test", &[31, 32, 33])).await
+    else {
+        return;
+    };
+    let lb = TestBalancer::start(&[
+        ("BACKEND_DNS", "ops.test".into()),
+        ("BACKEND_PORT", port.to_string()),
+        ("DNS_SERVER", server.addr.to_string()),
+        ("DNS_REFRESH_SECS", "1".into()),
+        ("HEALTH_INTERVAL_SECS", "1".into()),
+        ("LB_ADMIN_TOKEN", "dns-test-admin-token-0123".into()),
+    ])
+    .await;
+    wait_for_set(&lb, port, &[31, 32, 33]).await;
+    let name = |n: u8| SocketAddr::new(replica(n), port).to_string();
+    let want = |list: &[(u8, &str)]| -> BTreeSet<(String, String)> {
+        list.iter()
+            .map(|(n, s)| (name(*n), (*s).to_owned()))
+            .collect()
+    };
+
+    // Disable r32, then DNS drops it and lists it again: still disabled.
+    let r = manage(&lb, "POST", &format!("/lb/backends/{}/disable", name(32))).await;
+    assert_eq!(r.status, hyper::StatusCode::OK, "{r:?}");
+    server
+        .set(&records("ops.test", &[31, 33]), "ops.test")
+        .await;
+    wait_for_set(&lb, port, &[31, 33]).await;
+    server
+        .set(&records("ops.test", &[31, 32, 33]), "ops.test")
+        .await;
+    let expected = want(&[(31, "up"), (32, "disabled"), (33, "up")]);
+    wait_for(
+        "r32 listed again, disabled",
+        Duration::from_secs(20),
+        || async { (states(&lb.status().await) == expected).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        reached(&lb, 90).await,
+        names(&[31, 33]),
+        "no client reaches the disabled one"
+    );
+
+    // Remove discovered r33: it stays out through refreshes that list it.
+    let r = manage(&lb, "DELETE", &format!("/lb/backends/{}", name(33))).await;
+    assert_eq!(r.status, hyper::StatusCode::OK, "{r:?}");
+    let refreshed = lb.status().await["discovery"]["last_refresh"].clone();
+    wait_for(
+        "two more DNS refreshes",
+        Duration::from_secs(20),
+        || async {
+            let s = lb.status().await;
+            (s["discovery"]["last_refresh"] != refreshed && s["discovery"]["ok"] == true)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        states(&lb.status().await),
+        want(&[(31, "up"), (32, "disabled")])
+    );
+    assert_eq!(reached(&lb, 60).await, names(&[31]));
+
+    // Enabled again, both are back.
+    manage(&lb, "POST", &format!("/lb/backends/{}/enable", name(33))).await;
+    manage(&lb, "POST", &format!("/lb/backends/{}/enable", name(32))).await;
+    wait_for_set(&lb, port, &[31, 32, 33]).await;
+    assert_eq!(reached(&lb, 90).await, names(&[31, 32, 33]));
+    lb.stop().await.expect("balancer stops cleanly");
+}

@@ -1,8 +1,11 @@
 //! The `/lb` status page in a real browser: Debian's headless Chromium loads
-//! it from a balancer with four backends (one failing its health check) and
-//! live traffic. The test checks the DOM Chromium built, that nothing sticks
-//! out sideways at phone widths, and takes screenshots at a phone's and a
-//! laptop's window size (paths printed; look at them after a CSS change).
+//! it from a balancer with six backends (one failing its health check, one
+//! disabled and one drained by an operator) and live traffic. The test
+//! checks the DOM Chromium built (with scripts disabled: the page needs
+//! none), the charts drawn from that traffic, that nothing sticks out
+//! sideways from 360 px to 1920 px, and takes screenshots at 360 px and
+//! 1920 px, kept under `target/tmp/lb-page/` (look at them after a CSS
+//! change).
 //!
 //! Without Chromium the test is skipped with a notice, unless `CI` is set:
 //! there a missing browser is a failure (`.ci/run` installs it). `CHROMIUM`
@@ -24,16 +27,41 @@ async fn lb_page_in_headless_chromium() {
     let Some(chromium) = Chromium::find() else {
         return;
     };
-    let backends = backends(4).await;
+    let backends = backends(6).await;
     let lb = TestBalancer::start(&[
         ("BACKEND_HOSTS", hosts(&backends)),
         ("HEALTH_INTERVAL_SECS", "1".into()),
         ("HEALTH_TIMEOUT_MS", "500".into()),
         ("HEALTH_RISE", "2".into()),
         ("HEALTH_FALL", "2".into()),
+        ("LB_ADMIN_TOKEN", "lb-page-test-token-0123".into()),
     ])
     .await;
-    lb.wait_healthy(4).await;
+    lb.wait_healthy(6).await;
+    for (b, action) in [(&backends[4], "disable"), (&backends[5], "drain")] {
+        let mut c = Client::connect(lb.addr).await.expect("connect");
+        let r = c
+            .send(
+                "POST",
+                &format!("/lb/backends/{}/{action}", b.addr),
+                &[("authorization", "Bearer lb-page-test-token-0123")],
+                Default::default(),
+            )
+            .await
+            .expect("management call");
+        assert_eq!(r.status, 200, "{action}: {r:?}");
+    }
+    let expected = |addr: &str| -> (&str, &str) {
+        if addr == backends[4].addr.to_string() {
+            ("disabled", "disabled")
+        } else if addr == backends[5].addr.to_string() {
+            ("draining", "drained")
+        } else if addr == backends[2].addr.to_string() {
+            ("down", "down")
+        } else {
+            ("up", "up")
+        }
+    };
 
     let down = backends[2].addr.to_string();
     backends[2].set_healthy(false);
@@ -74,6 +102,9 @@ async fn lb_page_in_headless_chromium() {
         .run(&["--window-size=1440,900", "--dump-dom", &url])
         .await;
     let dom = String::from_utf8_lossy(&out.stdout);
+    // Nothing for a script to do (the screenshots below are taken with
+    // scripts disabled; --dump-dom itself needs them).
+    assert!(!dom.contains("<script"), "the page needs no script");
     assert!(
         dom.contains(r#"<meta http-equiv="refresh" content="5">"#),
         "the page refreshes itself every 5 s:\n{dom}"
@@ -83,17 +114,13 @@ async fn lb_page_in_headless_chromium() {
         "a backend table:\n{dom}"
     );
     for b in &backends {
-        let state = if b.addr.to_string() == down {
-            "down"
-        } else {
-            "up"
-        };
+        let (state, label) = expected(&b.addr.to_string());
         let row = backend_row(&dom, &b.addr.to_string())
             .unwrap_or_else(|| panic!("no row for backend {}:\n{dom}", b.addr));
         assert!(
             row.contains(&format!(r#"data-state="{state}""#))
-                && row.contains(&format!(r#"<span class="badge {state}">{state}</span>"#)),
-            "backend {} is shown as {state}:\n{row}",
+                && row.contains(&format!(r#"<span class="badge {state}">{label}</span>"#)),
+            "backend {} is shown as {label}:\n{row}",
             b.addr
         );
         assert!(
@@ -107,9 +134,61 @@ async fn lb_page_in_headless_chromium() {
         "the discovery mode and its result:\n{dom}"
     );
     assert!(
-        dom.contains("3 of 4 backends up"),
+        dom.contains("3 of 6 backends up"),
         "the headline counts the healthy backends:\n{dom}"
     );
+    assert!(
+        dom.contains(r#"<div class="v">maglev</div>"#)
+            && dom.contains("sticky: each client keeps its backend"),
+        "the strategy and whether it is sticky:\n{dom}"
+    );
+    // The charts, drawn from the traffic above: a series for every backend
+    // that answered, a scale, and no "no traffic" notice.
+    for id in ["chart-rps", "chart-p99"] {
+        let chart = dom
+            .split_once(&format!(r#"<figure class="chart" id="{id}">"#))
+            .and_then(|(_, rest)| rest.split_once("</figure>"))
+            .map(|(c, _)| c)
+            .unwrap_or_else(|| panic!("no {id} chart:\n{dom}"));
+        assert!(
+            chart.contains("<svg") && chart.contains("<polyline"),
+            "{id} draws lines:\n{chart}"
+        );
+        assert!(
+            !chart.contains("no traffic"),
+            "{id} saw the traffic:\n{chart}"
+        );
+        for b in backends
+            .iter()
+            .filter(|b| expected(&b.addr.to_string()).0 == "up")
+        {
+            assert!(
+                chart.contains(&format!(
+                    r#"<polyline class="dot" data-backend="{}""#,
+                    b.addr
+                )) || chart.contains(&format!(r#"<polyline data-backend="{}""#, b.addr)),
+                "{id} has a line for {}:\n{chart}",
+                b.addr
+            );
+        }
+    }
+    let rps = dom.split_once(r#"id="chart-rps""#).unwrap().1;
+    let values: Vec<f64> = rps
+        .split(r#"data-value=""#)
+        .skip(1)
+        .filter_map(|v| v.split('"').next()?.parse().ok())
+        .collect();
+    let legend_rates = rps
+        .split("</ul>")
+        .next()
+        .unwrap_or("")
+        .matches("/s</b>")
+        .count();
+    assert!(
+        legend_rates >= 4,
+        "the legend gives each backend's rate:\n{rps}"
+    );
+    assert!(values.len() >= 4, "a latest point per backend:\n{rps}");
 
     // Nothing sticks out sideways, from a small phone to a laptop, and the
     // backend table turns into cards where it would not fit. `--window-size`
@@ -147,12 +226,13 @@ async fn lb_page_in_headless_chromium() {
         );
     }
 
-    for (w, h) in [(390, 844), (1440, 900)] {
+    for (w, h) in [(360, 780), (1920, 1080)] {
         let png = chromium.dir.join(format!("lb-{w}x{h}.png"));
         chromium
             .run(&[
                 &format!("--window-size={w},{h}"),
                 "--hide-scrollbars",
+                "--disable-javascript",
                 &format!("--screenshot={}", png.display()),
                 &url,
             ])
@@ -168,15 +248,15 @@ async fn lb_page_in_headless_chromium() {
 
 /// The `<tr ...>...</tr>` of the backend at `addr`.
 fn backend_row<'a>(dom: &'a str, addr: &str) -> Option<&'a str> {
-    let at = dom.find(&format!(r#"data-backend="{addr}""#))?;
+    let at = dom.find(&format!(r#"<tr data-backend="{addr}""#))?;
     let start = dom[..at].rfind("<tr")?;
     let end = at + dom[at..].find("</tr>")?;
     Some(&dom[start..end])
 }
 
 /// Widths the probe lays the page out at: small and common phones, a
-/// tablet, a small laptop, a laptop.
-const PROBE_WIDTHS: [u32; 5] = [360, 390, 768, 1024, 1440];
+/// tablet, a small laptop, a laptop, a desktop.
+const PROBE_WIDTHS: [u32; 6] = [360, 390, 768, 1024, 1440, 1920];
 
 /// A page holding `page` in one iframe per [`PROBE_WIDTHS`] entry (srcdoc,
 /// so same-origin and measurable); each reports in a `<pre id="width-N">`:
@@ -264,8 +344,10 @@ impl Chromium {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir =
-            std::env::temp_dir().join(format!("hashgate-lb-page-{}-{nanos:x}", std::process::id()));
+        // Kept as the test's artefacts (CI keeps target/).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("lb-page")
+            .join(format!("{}-{nanos:x}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the screenshot directory");
         println!("lb page artefacts in {}", dir.display());
         Some(Chromium { bin, dir })

@@ -1,6 +1,8 @@
 //! The balancer's wiring: the request path's shared state ([`Proxy`]), the
 //! fast path in front of it, the background loops (discovery, health,
-//! least-queue polling, the idle clock) and `run`.
+//! least-queue polling, the idle clock, the charts' sampler, the rate
+//! limiter's sweep), the management room ([`crate::admin`], whose overrides
+//! every discovery refresh is layered with) and `run`.
 //!
 //! The request path reads one snapshot of the backend set through an
 //! `ArcSwap` (no lock, no await while holding anything); discovery builds a
@@ -8,16 +10,21 @@
 //! `Arc<Backend>` of every surviving endpoint so health, outlier state and
 //! counters carry over, and swaps it in.
 
+mod charts;
+mod metrics;
 mod queue;
 pub mod status;
+mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 
+use crate::admin::Admin;
 use crate::config::BalancerConfig;
 use crate::discovery::Discovery;
 use crate::proxy::h1::{Connection, FastPath};
@@ -48,6 +55,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let shutdown = Shutdown::from_future(shutdown);
     let discovery = Discovery::new(config.discovery.clone()).map_err(std::io::Error::other)?;
+    let admin = Arc::new(Admin::load(&config.ops).map_err(std::io::Error::other)?);
     let opts = ServeOptions {
         max_header_bytes: config.limits.max_header_bytes,
         idle_timeout: config.limits.idle_timeout,
@@ -56,8 +64,17 @@ pub async fn run(
         grace: config.shutdown_grace,
         max_connections: config.max_client_connections,
         head_timeout_answer: crate::proxy::h1::head_timeout_answer,
+        open_connections: None,
     };
-    let proxy = Arc::new(Proxy::new(config, status::handle));
+    let console = Arc::new(status::Console {
+        admin: Arc::clone(&admin),
+    });
+    let proxy = Arc::new(Proxy::new(config, console));
+    // The accept loop keeps the open-connections gauge of /metrics.
+    let opts = ServeOptions {
+        open_connections: Some(Arc::clone(&proxy.stats.connections)),
+        ..opts
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         discovery = discovery.mode(),
@@ -67,14 +84,16 @@ pub async fn run(
 
     // The first discovery completes before we accept, so the first request
     // already has a backend set (a failure is logged and retried by the loop).
-    refresh(&proxy, &discovery).await;
+    refresh(&proxy, &admin, &discovery).await;
     let fast = FastPath::new(Arc::clone(&proxy));
     let mut background = vec![
         tokio::spawn(discovery_loop(
             Arc::clone(&proxy),
+            Arc::clone(&admin),
             discovery,
             shutdown.clone(),
         )),
+        tokio::spawn(sample_loop(Arc::clone(&proxy), shutdown.clone())),
         tokio::spawn(crate::health::checker::run(
             Arc::clone(&proxy.backends),
             proxy.config.health.clone(),
@@ -89,6 +108,12 @@ pub async fn run(
             }
         }),
     ];
+    if proxy.limiter.is_some() {
+        background.push(tokio::spawn(sweep_loop(
+            Arc::clone(&proxy),
+            shutdown.clone(),
+        )));
+    }
     if proxy.config.strategy.strategy == Strategy::LeastQueue {
         background.push(tokio::spawn(queue::run(
             Arc::clone(&proxy),
@@ -112,13 +137,15 @@ pub async fn run(
     Ok(())
 }
 
-/// One discovery refresh: publish a good answer, keep the last good set on a
-/// bad one and say so once per failure streak.
-async fn refresh(proxy: &Proxy, discovery: &Discovery) {
+/// One discovery refresh: publish a good answer (with the operator's
+/// overrides layered over it), keep the last good set on a bad one and say
+/// so once per failure streak.
+async fn refresh(proxy: &Proxy, admin: &Admin, discovery: &Discovery) {
     match discovery.discover().await {
         Ok(set) if !set.is_empty() => {
             let n = set.len();
-            proxy.set_backends(set);
+            admin.discovered(proxy, set);
+            proxy.stats.discovery_ok.fetch_add(1, Relaxed);
             record(proxy, true, format!("{n} backends"));
         }
         Ok(_) => keep_last(proxy, "no backends found".to_owned()),
@@ -136,6 +163,7 @@ fn record(proxy: &Proxy, ok: bool, message: String) {
 }
 
 fn keep_last(proxy: &Proxy, why: String) {
+    proxy.stats.discovery_failed.fetch_add(1, Relaxed);
     let was_ok = {
         let d = proxy.discovery.lock().unwrap_or_else(|p| p.into_inner());
         d.ok || d.last_refresh.is_none()
@@ -151,7 +179,12 @@ fn discovery_ok(proxy: &Proxy) -> bool {
     proxy.discovery.lock().unwrap_or_else(|p| p.into_inner()).ok
 }
 
-async fn discovery_loop(proxy: Arc<Proxy>, discovery: Discovery, shutdown: Shutdown) {
+async fn discovery_loop(
+    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
+    discovery: Discovery,
+    shutdown: Shutdown,
+) {
     let Some(every) = discovery.refresh_interval() else {
         return;
     };
@@ -163,6 +196,42 @@ async fn discovery_loop(proxy: Arc<Proxy>, discovery: Discovery, shutdown: Shutd
             () = shutdown.wait() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        refresh(&proxy, &discovery).await;
+        refresh(&proxy, &admin, &discovery).await;
+    }
+}
+
+/// Moves the request path's figures on to each new 10 s slice and feeds
+/// the `/lb` charts' ring one point per backend as each slice ends (a
+/// moment after, so the slice is complete).
+async fn sample_loop(proxy: Arc<Proxy>, shutdown: Shutdown) {
+    use crate::stats::latency::{SLICE_SECS, epoch};
+    crate::stats::latency::tick(std::time::Instant::now());
+    loop {
+        let since = epoch().elapsed();
+        let next = (since.as_secs() / SLICE_SECS + 1) * SLICE_SECS;
+        let wait = Duration::from_secs(next) + Duration::from_millis(100) - since;
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let now = std::time::Instant::now();
+        crate::stats::latency::tick(now);
+        let snapshot = proxy.backends.load();
+        proxy.stats.history.sample(&snapshot.backends, now);
+    }
+}
+
+/// Drops the rate limiter's buckets that have filled up again, every
+/// second (the memory bound in [`crate::proxy::limit`]).
+async fn sweep_loop(proxy: Arc<Proxy>, shutdown: Shutdown) {
+    let Some(limiter) = &proxy.limiter else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        limiter.sweep();
     }
 }

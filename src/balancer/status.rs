@@ -1,10 +1,14 @@
-//! The balancer's own endpoints: `GET /health`, `GET /lb` (HTML) and
-//! `GET /lb/status` (the same data as JSON). Every path
+//! The balancer's own endpoints. The read-only pages: `GET /health`,
+//! `GET /lb` (HTML, with live charts) and `GET /lb/status` (the same data
+//! as JSON) here; `/lb/stats`, `/lb/backends`, `/lb/config`, `/lb/route`
+//! and `/lb/clients` in [`super::views`]; `/metrics` in [`super::metrics`];
+//! the management calls in [`crate::admin::api`]. Every path
 //! [`rules::is_own_endpoint`](crate::proxy::rules::is_own_endpoint) names is
-//! answered here (unknown ones 404); everything else is proxied.
+//! answered by [`Console`] (unknown ones 404); everything else is proxied.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use askama::Template;
 use hyper::body::Incoming;
@@ -12,17 +16,53 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
+use super::charts::{self, Chart, Metric};
+use super::{metrics, views};
+use crate::admin::{Admin, api};
 use crate::health::outlier::View;
 use crate::pages;
-use crate::proxy::Proxy;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::json_response;
+use crate::proxy::{PageFuture, Pages, Proxy};
 
-/// Answers the balancer's own paths (plugged into the request path as its
-/// [`Pages`](crate::proxy::Pages)).
-pub fn handle(state: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
+/// The balancer's own endpoints, plugged into the request path as its
+/// [`Pages`]: the status pages, the operator's views and the management
+/// room.
+#[derive(Debug)]
+pub struct Console {
+    pub admin: Arc<Admin>,
+}
+
+impl Pages for Console {
+    fn answer(&self, proxy: Arc<Proxy>, req: Request<Incoming>) -> PageFuture {
+        let admin = Arc::clone(&self.admin);
+        Box::pin(async move {
+            if api::is_management(req.uri().path()) {
+                let token = proxy.config.ops.admin_token.clone();
+                return api::handle(&admin, token.as_ref(), &proxy, req).await;
+            }
+            read_only(&proxy, &admin, &req)
+        })
+    }
+}
+
+/// The pages that only read.
+fn read_only(proxy: &Arc<Proxy>, admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
-    if !matches!(path, "/health" | "/lb" | "/lb/" | "/lb/status") {
+    let known = matches!(
+        path,
+        "/health"
+            | "/lb"
+            | "/lb/"
+            | "/lb/status"
+            | "/lb/stats"
+            | "/lb/backends"
+            | "/lb/config"
+            | "/lb/route"
+            | "/lb/clients"
+            | "/metrics"
+    );
+    if !known {
         return json_response(
             StatusCode::NOT_FOUND,
             &serde_json::json!({ "error": "no such balancer endpoint", "status": 404 }),
@@ -37,8 +77,51 @@ pub fn handle(state: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    let status = Status::collect(state);
-    match req.uri().path() {
+    let query = req.uri().query();
+    let ok = |v: serde_json::Value| json_response(StatusCode::OK, &v);
+    match path {
+        "/lb/stats" => return ok(views::stats(proxy)),
+        "/lb/backends" => return ok(views::backends(proxy, admin)),
+        "/lb/config" => return ok(views::config(&proxy.config)),
+        "/lb/route" => {
+            return match views::route(proxy, query) {
+                Ok(v) => ok(v),
+                Err(why) => api::error(StatusCode::BAD_REQUEST, &why),
+            };
+        }
+        "/lb/clients" => {
+            // Client addresses are personal data: the admin token only.
+            if let Err(refused) =
+                api::authorize(proxy.config.ops.admin_token.as_ref(), req.headers())
+            {
+                return refused;
+            }
+            return match views::clients(proxy, query) {
+                Ok(v) => ok(v),
+                Err(why) => api::error(StatusCode::BAD_REQUEST, &why),
+            };
+        }
+        "/metrics" => {
+            let openmetrics = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            return match metrics::scrape(proxy, openmetrics) {
+                Ok((text, content_type)) => {
+                    let mut resp = Response::new(ProxyBody::full(text));
+                    let h = resp.headers_mut();
+                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    resp
+                }
+                Err(e) => internal_error(&e),
+            };
+        }
+        _ => {}
+    }
+    let status = Status::collect(proxy);
+    match path {
         "/health" => {
             let code = if status.healthy > 0 {
                 StatusCode::OK
@@ -58,19 +141,41 @@ pub fn handle(state: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
             Ok(v) => json_response(StatusCode::OK, &v),
             Err(e) => internal_error(&e),
         },
-        _ => match (LbPage { s: &status }).render() {
-            Ok(html) => {
-                let mut resp = Response::new(ProxyBody::full(html));
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/html; charset=utf-8"),
-                );
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                resp
+        _ => {
+            let now = Instant::now();
+            let snapshot = proxy.backends.load();
+            let names: Vec<String> = snapshot
+                .backends
+                .iter()
+                .map(|b| b.name().to_owned())
+                .collect();
+            let points = proxy.stats.history.points_now(&snapshot.backends, now);
+            let page = LbPage {
+                s: &status,
+                charts: [
+                    charts::draw(Metric::Rps, &names, &points, now),
+                    charts::draw(Metric::P99, &names, &points, now),
+                ],
+                rate_limit: proxy
+                    .limiter
+                    .as_ref()
+                    .map(|l| format!("{} req/s, burst {}", l.limit().rps, l.limit().burst)),
+                rate_limited: proxy.stats.rate_limited.get(),
+            };
+            match page.render() {
+                Ok(html) => {
+                    let mut resp = Response::new(ProxyBody::full(html));
+                    let h = resp.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    resp
+                }
+                Err(e) => internal_error(&e),
             }
-            Err(e) => internal_error(&e),
-        },
+        }
     }
 }
 
@@ -135,8 +240,13 @@ pub struct BackendStatus {
     /// The socket address connections go to.
     pub address: String,
     /// `up`, `down` (health checks), `ejected` (outlier detection, until
-    /// `ejected_until`), `half-open`, or `draining` (weight 0).
+    /// `ejected_until`), `half-open`, `draining` (weight 0) or `disabled`
+    /// (by an operator).
     pub state: &'static str,
+    /// Weight 0 and nothing in flight any more.
+    pub drained: bool,
+    /// `discovered`, or `added` by an operator at runtime.
+    pub source: &'static str,
     pub healthy: bool,
     pub weight: u32,
     pub last_check: Option<String>,
@@ -195,8 +305,10 @@ impl Status {
                     name: b.name().to_owned(),
                     address: b.addr().to_string(),
                     state: b.state().name(),
+                    drained: b.is_drained(),
+                    source: b.source().name(),
                     healthy: up,
-                    weight: b.endpoint.weight,
+                    weight: b.weight(),
                     last_check: check.at.map(http_date),
                     last_check_ago_secs: check.at.map(|t| ago(now, t)),
                     latency_ms: check
@@ -276,6 +388,10 @@ fn http_date(t: SystemTime) -> String {
 #[template(path = "lb.html")]
 struct LbPage<'a> {
     s: &'a Status,
+    charts: [Chart; 2],
+    /// `10 req/s, burst 20`, when rate limiting is on.
+    rate_limit: Option<String>,
+    rate_limited: u64,
 }
 
 /// How the page shows the numbers. Methods rather than fields, so the JSON
@@ -306,6 +422,23 @@ impl Status {
 }
 
 impl BackendStatus {
+    /// The state as the page words it: `drained` once a draining backend
+    /// has nothing left in flight.
+    pub fn label(&self) -> &'static str {
+        if self.state == "draining" && self.drained {
+            "drained"
+        } else {
+            self.state
+        }
+    }
+
+    /// `ejected until 10:42:07 GMT`, when ejected.
+    pub fn until_text(&self) -> Option<String> {
+        let until = self.ejected_until.as_deref()?;
+        let time = until.split(' ').nth(4).unwrap_or(until);
+        Some(format!("until {time} GMT"))
+    }
+
     /// Share of the hash space in percent, for the bar and its label.
     pub fn share_pct(&self) -> f64 {
         self.share * 100.0

@@ -160,6 +160,9 @@ pub struct Outlier {
     /// probe is given up as lost.
     until_ms: AtomicU64,
     streak: AtomicU32,
+    /// Ejections since the backend appeared (never decays: `/metrics`'
+    /// `hashgate_backend_ejections_total`).
+    ejections: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -169,9 +172,18 @@ impl Default for Outlier {
             state: AtomicU8::new(HEALTHY),
             until_ms: AtomicU64::new(0),
             streak: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
             inner: Mutex::default(),
         }
     }
+}
+
+/// The outlier state from its atomics alone (see [`Outlier::phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Healthy,
+    Ejected,
+    HalfOpen,
 }
 
 /// Milliseconds on a process-wide monotonic clock.
@@ -227,6 +239,22 @@ impl Outlier {
                 .store(clock_ms() + lost_after.as_millis() as u64, Relaxed);
         }
         claimed
+    }
+
+    /// The state without taking the lock and without side effects (an
+    /// ejection that ran out reads as half-open): what a scrape reads.
+    pub fn phase(&self) -> Phase {
+        match self.state.load(Relaxed) {
+            HEALTHY => Phase::Healthy,
+            HALF_OPEN | PROBING => Phase::HalfOpen,
+            _ if clock_ms() >= self.until_ms.load(Relaxed) => Phase::HalfOpen,
+            _ => Phase::Ejected,
+        }
+    }
+
+    /// Ejections since the backend appeared.
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections.load(Relaxed)
     }
 
     /// Whether it is ejected or half-open (counts against the cap).
@@ -317,6 +345,7 @@ impl Outlier {
         self.until_ms
             .store(clock_ms() + for_.as_millis() as u64, Relaxed);
         self.state.store(EJECTED, Relaxed);
+        self.ejections.fetch_add(1, Relaxed);
         Change::Ejected {
             for_,
             failures,

@@ -39,6 +39,10 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if let Some(secs) = rules::retry_after(error) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
 }
 
@@ -65,17 +69,27 @@ pub struct UpstreamGuard {
     backend: Arc<Backend>,
     /// The client key, for reports about the body.
     key: u64,
+    /// The client, for the client table's tunnel count.
+    client: std::net::IpAddr,
 }
 
 impl UpstreamGuard {
-    pub fn new(backend: Arc<Backend>, key: u64) -> Self {
+    pub fn new(backend: Arc<Backend>, key: u64, client: std::net::IpAddr) -> Self {
         backend.stats.total.fetch_add(1, Relaxed);
         backend.load.enter();
-        UpstreamGuard { backend, key }
+        UpstreamGuard {
+            backend,
+            key,
+            client,
+        }
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
+    }
+
+    pub fn client(&self) -> std::net::IpAddr {
+        self.client
     }
 
     /// The backend broke off or stalled mid-body.

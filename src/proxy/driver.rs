@@ -10,8 +10,13 @@
 //! [`crate::health::outlier`]). Below the panic threshold every backend that
 //! passes its active checks is a candidate, ejected or not
 //! ([`Proxy::panic_mode`]).
+//!
+//! Before anything else, the client's token bucket is asked (when
+//! `RATE_LIMIT_RPS` is set): one check, here, for both transports. After an
+//! answer, the client table learns where the client went.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -28,6 +33,8 @@ pub struct Call {
     /// The client key's hash (the sticky strategies' key; the outlier
     /// detector counts a client's timeouts once).
     pub key: u64,
+    /// The client key itself (the rate limiter's key, the client table's).
+    pub client: IpAddr,
     /// Idempotent, and its body kept whole: it may be sent again after it
     /// reached a backend (see [`rules::may_retry`]).
     pub replayable: bool,
@@ -87,6 +94,12 @@ pub async fn drive<T: Transport>(
     call: Call,
     transport: &mut T,
 ) -> Result<Routed<T::Response>, ProxyError> {
+    if let Some(limiter) = &proxy.limiter {
+        if let Err(retry_after) = limiter.check(call.client) {
+            proxy.stats.rate_limited.inc();
+            return Err(ProxyError::RateLimited { retry_after });
+        }
+    }
     proxy
         .totals
         .requests
@@ -95,7 +108,7 @@ pub async fn drive<T: Transport>(
     // Computed at most once, and only when a candidate is unavailable.
     let panic = OnceLock::new();
     let in_panic = || *panic.get_or_init(|| proxy.panic_mode(&snapshot));
-    let accept = |b: &Arc<Backend>| proxy.available(b) || (b.health.is_up() && in_panic());
+    let accept = |b: &Arc<Backend>| proxy.accepts(b, in_panic);
     let lost_probe_after =
         proxy.config.limits.connect_timeout + proxy.config.limits.upstream_timeout;
     let mut last = None;
@@ -110,7 +123,7 @@ pub async fn drive<T: Transport>(
             }
             tracing::info!(backend = %backend.name(), "backend half-open: one request decides");
         }
-        let guard = UpstreamGuard::new(Arc::clone(backend), call.key);
+        let guard = UpstreamGuard::new(Arc::clone(backend), call.key, call.client);
         let started = Instant::now();
         let mut attempt = transport.attempt(backend, false).await;
         if let Err(f) = &attempt {
@@ -121,7 +134,10 @@ pub async fn drive<T: Transport>(
         }
         match attempt {
             Ok(response) => {
-                report::answered(proxy, backend, T::status(&response), started.elapsed());
+                let now = Instant::now();
+                let took = now.saturating_duration_since(started);
+                report::answered(proxy, backend, T::status(&response), took, now);
+                proxy.stats.clients.seen(call.client, backend, now);
                 return Ok(Routed { response, guard });
             }
             Err(Failed { error, sent, .. }) => {

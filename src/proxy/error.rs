@@ -28,4 +28,8 @@ pub enum ProxyError {
     /// `CLIENT_BODY_TIMEOUT_SECS`.
     #[error("the client stopped sending its request")]
     ClientTimeout,
+    /// The client's token bucket is empty (`RATE_LIMIT_RPS`): a token is
+    /// back in this many seconds.
+    #[error("rate limited for {retry_after} s")]
+    RateLimited { retry_after: u64 },
 }

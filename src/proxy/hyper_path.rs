@@ -57,8 +57,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         if rules::is_own_endpoint(req.uri().path()) {
-            let resp = self.proxy.page(&req);
-            return Box::pin(std::future::ready(Ok(resp)));
+            let page = self.proxy.page(req);
+            return Box::pin(async move { Ok(page.await) });
         }
         let proxy = Arc::clone(&self.proxy);
         let conn = Arc::clone(&self.conn);
@@ -109,6 +109,7 @@ async fn forward(
     };
     let call = Call {
         key: proxy.key(client),
+        client,
         replayable,
     };
     let routed = driver::drive(proxy, call, &mut transport).await?;

@@ -13,9 +13,11 @@
 //! other connection is handed to hyper ([`hyper_path`]). Both hand each
 //! request to the one [`driver`], which walks the strategy's candidates,
 //! asks the transport for one attempt at a time, reports every outcome in
-//! one place ([`report`]) and decides retries by [`rules`]. [`Proxy`] is what
-//! they share: the configuration, the published backend set, the counters,
-//! and the balancer's own pages, which the balancer plugs in.
+//! one place ([`report`]) and decides retries by [`rules`]; before routing it
+//! asks the client's token bucket ([`limit`], when rate limiting is on).
+//! [`Proxy`] is what they share: the configuration, the published backend
+//! set, the counters ([`crate::stats`]), and the balancer's own pages, which
+//! the balancer plugs in.
 
 pub mod body;
 pub mod client_ip;
@@ -24,11 +26,14 @@ pub mod error;
 pub mod h1;
 pub mod headers;
 pub mod hyper_path;
+pub mod limit;
 pub mod report;
 pub mod rules;
 mod tunnel;
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -36,18 +41,27 @@ use std::time::{Instant, SystemTime};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use crate::backend::{Backend, Endpoint, Published, Snapshot};
+use crate::backend::{Backend, Listed, Published, Snapshot};
 use crate::config::BalancerConfig;
 use crate::ring::{MAX_BACKENDS, key_hash};
 use crate::select::Queue;
+use crate::stats::Stats;
 use crate::upstream::ConnPool;
 use body::ProxyBody;
 use client_ip::TrustedProxies;
 
-/// The balancer's own pages (`/lb`, `/health`, ...), answered for requests
-/// [`rules::is_own_endpoint`] names. A plain function: the balancer plugs
-/// its status module in, and the request path never imports the balancer.
-pub type Pages = fn(&Proxy, &Request<Incoming>) -> Response<ProxyBody>;
+/// An answer of the balancer's own pages, on its way.
+pub type PageFuture = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
+
+/// The balancer's own pages (`/lb`, `/health`, `/metrics`, the management
+/// API, ...), answered for requests [`rules::is_own_endpoint`] names. A
+/// trait object because outside code plugs in here: the balancer plugs its
+/// status and admin rooms in, and the request path never imports them.
+/// Asynchronous, and given the whole request, because the management API
+/// reads JSON bodies and writes its state file.
+pub trait Pages: Send + Sync + std::fmt::Debug + 'static {
+    fn answer(&self, proxy: Arc<Proxy>, req: Request<Incoming>) -> PageFuture;
+}
 
 /// Request totals across all backends.
 #[derive(Debug, Default)]
@@ -79,14 +93,18 @@ pub struct Proxy {
     /// What the last discovery refresh did (written by the balancer's
     /// discovery loop, shown by its pages).
     pub discovery: Mutex<DiscoveryState>,
-    pages: Pages,
+    /// Per-thread figures, the client table and the charts' ring.
+    pub stats: Stats,
+    /// Per-client token buckets (`RATE_LIMIT_RPS`), when configured.
+    pub limiter: Option<limit::Limiter>,
+    pages: Arc<dyn Pages>,
     /// Whether the last look found too few backends available (panic
     /// routing, logged once per episode).
     panicking: AtomicBool,
 }
 
 impl Proxy {
-    pub fn new(config: BalancerConfig, pages: Pages) -> Proxy {
+    pub fn new(config: BalancerConfig, pages: Arc<dyn Pages>) -> Proxy {
         let s = &config.strategy;
         Proxy {
             backends: Arc::new(Published::new(s.strategy, s.select)),
@@ -95,6 +113,8 @@ impl Proxy {
             started: Instant::now(),
             started_at: SystemTime::now(),
             discovery: Mutex::new(DiscoveryState::default()),
+            stats: Stats::new(config.ops.client_table_size),
+            limiter: config.ops.rate_limit.map(limit::Limiter::new),
             pages,
             panicking: AtomicBool::new(false),
             config,
@@ -102,8 +122,8 @@ impl Proxy {
     }
 
     /// Answers one of the balancer's own paths.
-    pub fn page(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
-        (self.pages)(self, req)
+    pub fn page(self: &Arc<Self>, req: Request<Incoming>) -> PageFuture {
+        self.pages.answer(Arc::clone(self), req)
     }
 
     /// The client key of a request from `peer` (the fast path never serves
@@ -112,26 +132,35 @@ impl Proxy {
         key_hash(client)
     }
 
-    /// Publishes `endpoints` as the backend set. Returns whether it changed.
-    /// Surviving backends keep their state; new ones trigger a health check.
-    pub fn set_backends(&self, mut endpoints: Vec<Endpoint>) -> bool {
-        endpoints.truncate(MAX_BACKENDS);
+    /// Publishes `listed` (discovery's set with the operator's overrides
+    /// applied) as the backend set. Returns whether it changed. A backend
+    /// whose name and address stay keeps its `Arc<Backend>` (state,
+    /// counters, connections) and takes its new weight and flags; new ones
+    /// trigger a health check.
+    pub fn set_backends(&self, mut listed: Vec<Listed>) -> bool {
+        listed.truncate(MAX_BACKENDS);
         let current = self.backends.load();
-        let same = current.backends.len() == endpoints.len()
+        let same = current.backends.len() == listed.len()
             && current
                 .backends
                 .iter()
-                .zip(&endpoints)
-                .all(|(b, e)| b.endpoint == *e);
+                .zip(&listed)
+                .all(|(b, l)| b.lists_as(l));
         if same {
             return false;
         }
         let limits = &self.config.limits;
         let mut added = Vec::new();
-        let backends: Vec<Arc<Backend>> = endpoints
+        let backends: Vec<Arc<Backend>> = listed
             .into_iter()
-            .map(|e| {
-                if let Some(b) = current.backends.iter().find(|b| b.endpoint == e) {
+            .map(|l| {
+                let e = &l.endpoint;
+                if let Some(b) = current
+                    .backends
+                    .iter()
+                    .find(|b| b.endpoint.name == e.name && b.endpoint.addr == e.addr)
+                {
+                    b.apply(&l);
                     return Arc::clone(b);
                 }
                 added.push(e.name.clone());
@@ -141,7 +170,7 @@ impl Proxy {
                     limits.pool_idle_timeout,
                     limits.connect_timeout,
                 );
-                Arc::new(Backend::new(e, pool))
+                Arc::new(Backend::listed(&l, pool))
             })
             .collect();
         let removed: Vec<&str> = current
@@ -150,12 +179,14 @@ impl Proxy {
             .filter(|b| !backends.iter().any(|n| Arc::ptr_eq(n, b)))
             .map(|b| b.name())
             .collect();
-        tracing::info!(
-            backends = backends.len(),
-            added = ?added,
-            removed = ?removed,
-            "backend set changed"
-        );
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(
+                backends = backends.len(),
+                added = ?added,
+                removed = ?removed,
+                "backend set changed"
+            );
+        }
         let s = &self.config.strategy;
         self.backends
             .store(Snapshot::build(backends, s.strategy, s.select));
@@ -186,7 +217,7 @@ impl Proxy {
         let threshold = u64::from(self.config.outlier.panic_threshold_percent);
         let (mut checked, mut available) = (0u64, 0u64);
         for b in &snapshot.backends {
-            if b.endpoint.weight > 0 && b.health.is_up() {
+            if b.weight() > 0 && !b.is_disabled() && b.health.is_up() {
                 checked += 1;
                 available += u64::from(self.available(b));
             }
@@ -205,6 +236,14 @@ impl Proxy {
             }
         }
         panic
+    }
+
+    /// Whether the driver takes `b` as a candidate: available, or (in
+    /// panic routing, asked only when needed) passing its checks and
+    /// neither drained nor disabled by an operator.
+    #[inline]
+    pub fn accepts(&self, b: &Backend, in_panic: impl FnOnce() -> bool) -> bool {
+        self.available(b) || (b.health.is_up() && !b.is_disabled() && in_panic())
     }
 
     /// Whether the last look found the balancer in panic routing.

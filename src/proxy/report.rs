@@ -7,18 +7,35 @@
 //! state is logged here, once.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Proxy;
 use super::error::ProxyError;
 use super::rules;
 use crate::backend::Backend;
 use crate::health::outlier::{Change, Fault};
+use crate::stats::FailureKind;
 
-/// The backend answered with a response head of `status`.
-pub fn answered(proxy: &Proxy, backend: &Backend, status: u16, took: Duration) {
-    backend.load.record_latency(took);
+/// The kind `/metrics` counts a failure of the backend's as.
+fn kind(error: &ProxyError) -> FailureKind {
+    match error {
+        ProxyError::Connect(_) => FailureKind::Connect,
+        ProxyError::Timeout => FailureKind::Timeout,
+        ProxyError::BadResponse(_) => FailureKind::BadResponse,
+        ProxyError::Upstream(e) if e.is_parse() => FailureKind::BadResponse,
+        _ => FailureKind::Reset,
+    }
+}
+
+/// The backend answered with a response head of `status`, `took` after
+/// the attempt began; `now` is when.
+pub fn answered(proxy: &Proxy, backend: &Backend, status: u16, took: Duration, now: Instant) {
+    backend.load.record_latency_at(took, now);
+    backend
+        .metrics
+        .answered(status, took, crate::stats::latency::current_slice());
     if rules::status_blames(status) {
+        backend.metrics.failed(FailureKind::GatewayStatus);
         backend.stats.errors.fetch_add(1, Relaxed);
         let why = format!("answered {status}");
         outlier_failure(proxy, backend, Fault::Answer, &why);
@@ -35,6 +52,7 @@ pub fn failed(proxy: &Proxy, backend: &Backend, error: &ProxyError, client: u64)
     };
     tracing::debug!(backend = %backend.name(), error = %error, "attempt failed");
     backend.stats.errors.fetch_add(1, Relaxed);
+    backend.metrics.failed(kind(error));
     if fault == Fault::Connect {
         // Nothing listening: the idle connections are dead too, and an
         // immediate check takes a dead process out within a round trip.
@@ -48,6 +66,7 @@ pub fn failed(proxy: &Proxy, backend: &Backend, error: &ProxyError, client: u64)
 pub fn body_failed(proxy: &Proxy, backend: &Backend, error: &ProxyError, client: u64) {
     tracing::debug!(backend = %backend.name(), error = %error, "backend body failed mid-stream");
     backend.stats.errors.fetch_add(1, Relaxed);
+    backend.metrics.failed(kind(error));
     if let Some(fault) = rules::blame(error, client) {
         outlier_failure(proxy, backend, fault, error);
     }

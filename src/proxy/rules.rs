@@ -22,8 +22,8 @@
 //! - **Blame** ([`blame`], [`status_blames`]): which failures count against
 //!   a backend in outlier detection; a client's slowness or a local
 //!   resource shortage never does.
-//! - **The balancer's own answers** ([`answer`]): which failure becomes which
-//!   status and JSON reason.
+//! - **The balancer's own answers** ([`answer`], [`retry_after`]): which
+//!   failure becomes which status, JSON reason and `Retry-After`.
 //! - **Own endpoints** ([`is_own_endpoint`]): the paths the balancer answers
 //!   itself, never proxied.
 //!
@@ -167,7 +167,8 @@ pub fn may_retry(error: &ProxyError, sent: bool, replayable: bool) -> bool {
         ProxyError::NoBackend
         | ProxyError::BadRequest(_)
         | ProxyError::ClientBody(_)
-        | ProxyError::ClientTimeout => false,
+        | ProxyError::ClientTimeout
+        | ProxyError::RateLimited { .. } => false,
     }
 }
 
@@ -195,7 +196,8 @@ pub fn blame(error: &ProxyError, client: u64) -> Option<Fault> {
         ProxyError::NoBackend
         | ProxyError::BadRequest(_)
         | ProxyError::ClientBody(_)
-        | ProxyError::ClientTimeout => None,
+        | ProxyError::ClientTimeout
+        | ProxyError::RateLimited { .. } => None,
     }
 }
 
@@ -218,13 +220,30 @@ pub fn answer(error: &ProxyError) -> (u16, &'static str) {
         ProxyError::BadRequest(why) => (400, why),
         ProxyError::ClientBody(_) => (400, "the request body could not be read"),
         ProxyError::ClientTimeout => (408, "the request was not received in time"),
+        ProxyError::RateLimited { .. } => (429, "too many requests from this client"),
     }
 }
 
-/// The JSON body of the balancer's answer to `error`.
+/// The `Retry-After` (seconds) the balancer's answer to `error` carries:
+/// only a rate-limited request's, on both paths.
+pub fn retry_after(error: &ProxyError) -> Option<u64> {
+    match error {
+        ProxyError::RateLimited { retry_after } => Some(*retry_after),
+        _ => None,
+    }
+}
+
+/// The JSON body of the balancer's answer to `error` (with
+/// `retry_after_secs` when it carries a `Retry-After`).
 pub fn answer_body(error: &ProxyError) -> String {
     let (status, reason) = answer(error);
-    serde_json::json!({ "error": reason, "status": status }).to_string()
+    match retry_after(error) {
+        Some(secs) => {
+            serde_json::json!({ "error": reason, "status": status, "retry_after_secs": secs })
+        }
+        None => serde_json::json!({ "error": reason, "status": status }),
+    }
+    .to_string()
 }
 
 #[cfg(test)]

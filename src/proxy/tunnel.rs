@@ -26,6 +26,7 @@ pub fn splice(
         return resp.map(|b| ProxyBody::upstream(b, None, guard, Arc::clone(proxy)));
     }
     let upstream = hyper::upgrade::on(&mut resp);
+    let proxy = Arc::clone(proxy);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -35,6 +36,7 @@ pub fn splice(
             }
         };
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        let _open = OpenTunnel::new(&proxy, guard.client());
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((up, down)) => {
                 tracing::debug!(backend = %guard.backend().name(), up, down, "tunnel closed")
@@ -45,4 +47,32 @@ pub fn splice(
         }
     });
     resp.map(|_| ProxyBody::empty())
+}
+
+/// Counts one open tunnel (balancer-wide and in the client table) while it
+/// lives.
+struct OpenTunnel<'a> {
+    proxy: &'a Proxy,
+    client: std::net::IpAddr,
+}
+
+impl<'a> OpenTunnel<'a> {
+    fn new(proxy: &'a Proxy, client: std::net::IpAddr) -> Self {
+        proxy
+            .stats
+            .tunnels
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        proxy.stats.clients.tunnel(client, true);
+        OpenTunnel { proxy, client }
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        let stats = &self.proxy.stats;
+        stats
+            .tunnels
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        stats.clients.tunnel(self.client, false);
+    }
 }

@@ -104,7 +104,8 @@ impl Load {
         self.record_latency_at(rtt, Instant::now());
     }
 
-    fn record_latency_at(&self, rtt: Duration, now: Instant) {
+    /// [`Load::record_latency`] with the time already read.
+    pub fn record_latency_at(&self, rtt: Duration, now: Instant) {
         let rtt = rtt.as_nanos() as f64;
         let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
         let (estimate, last) = *ewma;

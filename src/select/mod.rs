@@ -121,6 +121,14 @@ pub trait Target {
     fn name(&self) -> &str;
     /// 0 takes no new requests (draining).
     fn weight(&self) -> u32;
+    /// The weight the sticky strategies place the target with on the
+    /// ring. Its weight, unless it is drained at runtime: then it keeps its
+    /// place, so its keys walk on to their own next candidate (as when it
+    /// fails) and every other key stays where it is; they come back when
+    /// it is enabled again.
+    fn placement_weight(&self) -> u32 {
+        self.weight()
+    }
     fn load(&self) -> &Load;
 }
 
@@ -130,6 +138,9 @@ impl<T: Target> Target for Arc<T> {
     }
     fn weight(&self) -> u32 {
         (**self).weight()
+    }
+    fn placement_weight(&self) -> u32 {
+        (**self).placement_weight()
     }
     fn load(&self) -> &Load {
         (**self).load()
@@ -156,7 +167,10 @@ impl Selector {
     pub fn new<T: Target>(strategy: Strategy, opts: SelectOptions, targets: &[T]) -> Selector {
         let weights: Box<[u32]> = targets.iter().map(Target::weight).collect();
         let ring = strategy.is_sticky().then(|| {
-            let named: Vec<(&str, u32)> = targets.iter().map(|t| (t.name(), t.weight())).collect();
+            let named: Vec<(&str, u32)> = targets
+                .iter()
+                .map(|t| (t.name(), t.placement_weight()))
+                .collect();
             Ring::build(&named)
         });
         Selector {
@@ -176,6 +190,9 @@ impl Selector {
     /// Target `i`'s share of the traffic by construction: its share of the
     /// ring for the sticky strategies, of the weights for the others.
     pub fn share(&self, i: usize) -> f64 {
+        if self.weights.get(i).is_none_or(|&w| w == 0) {
+            return 0.0;
+        }
         match &self.ring {
             Some(ring) => ring.share(i),
             None => {

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,6 +59,9 @@ pub struct ServeOptions {
     pub max_connections: Option<usize>,
     /// The answer a client too slow with its request head gets.
     pub head_timeout_answer: fn() -> Vec<u8>,
+    /// Kept at the number of client connections open (the balancer's
+    /// `/metrics` gauge), when given.
+    pub open_connections: Option<Arc<AtomicUsize>>,
 }
 
 /// A plain 408, for listeners that bring no answer of their own.
@@ -75,6 +79,7 @@ impl Default for ServeOptions {
             grace: Duration::from_secs(30),
             max_connections: None,
             head_timeout_answer: plain_408,
+            open_connections: None,
         }
     }
 }
@@ -149,7 +154,34 @@ pub struct Accepted {
     /// Keeps the drain waiting for this connection while it lives.
     watcher: Watcher,
     /// Its place in the connection budget.
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
+}
+
+/// A connection's place in the budget (and in the open-connections gauge,
+/// when there is one) for as long as it lives.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Option<Arc<AtomicUsize>>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: Option<Arc<AtomicUsize>>) -> Self {
+        if let Some(n) = &open {
+            n.fetch_add(1, Relaxed);
+        }
+        Slot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(n) = &self.open {
+            n.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 /// How hyper serves a listener's connections.
@@ -168,7 +200,7 @@ struct Http {
 pub struct Detached {
     http: Arc<Http>,
     watcher: Watcher,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 }
 
 impl Detached {
@@ -331,6 +363,7 @@ pub async fn serve_with<M, H>(
         let http = Arc::clone(&http);
         let watcher = graceful.watcher();
         let handler = make(peer);
+        let permit = Slot::new(permit, opts.open_connections.clone());
         let accepted = move |stream| Accepted {
             stream,
             peer,

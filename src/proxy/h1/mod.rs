@@ -319,6 +319,7 @@ async fn exchange(
     };
     let call = Call {
         key: proxy.key(client),
+        client,
         replayable: head.idempotent,
     };
     let error = match driver::drive(proxy, call, &mut fast).await {
@@ -367,6 +368,13 @@ fn own_answer(error: &ProxyError, close: bool, out: &mut Vec<u8>) {
         close,
         out,
     );
+    if let Some(secs) = rules::retry_after(error) {
+        // Before the blank line that ends the head (a rare answer: the
+        // copy costs nothing that matters).
+        let at = out.len() - body.len() - 2;
+        let line = format!("retry-after: {secs}\r\n");
+        out.splice(at..at, line.bytes());
+    }
 }
 
 /// The 408 a client too slow with its request head gets, on either path
