@@ -1,6 +1,6 @@
 //! The balancer's wiring: the request path's shared state ([`Proxy`]), the
 //! fast path in front of it, the background loops (discovery, health,
-//! least-queue polling, the idle clock) and `run`.
+//! least-queue polling, the idle and tunnel clocks) and `run`.
 //!
 //! The request path reads one snapshot of the backend set through an
 //! `ArcSwap` (no lock, no await while holding anything); discovery builds a
@@ -89,6 +89,12 @@ pub async fn run(
             }
         }),
     ];
+    // Awaited, not aborted, at the end: it closes the open tunnels when
+    // the drain begins, including hyper's, which no connection waits for.
+    let tunnels = tokio::spawn({
+        let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
+        async move { proxy.tunnels.run(shutdown).await }
+    });
     if proxy.config.strategy.strategy == Strategy::LeastQueue {
         background.push(tokio::spawn(queue::run(
             Arc::clone(&proxy),
@@ -105,6 +111,7 @@ pub async fn run(
         shutdown,
     )
     .await;
+    let _ = tunnels.await;
     for task in background {
         task.abort();
     }

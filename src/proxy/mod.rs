@@ -26,7 +26,7 @@ pub mod headers;
 pub mod hyper_path;
 pub mod report;
 pub mod rules;
-mod tunnel;
+pub mod tunnel;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -79,6 +79,8 @@ pub struct Proxy {
     /// What the last discovery refresh did (written by the balancer's
     /// discovery loop, shown by its pages).
     pub discovery: Mutex<DiscoveryState>,
+    /// The open tunnels' clock and deadlines (both transports' tunnels).
+    pub tunnels: tunnel::Tunnels,
     pages: Pages,
     /// Whether the last look found too few backends available (panic
     /// routing, logged once per episode).
@@ -95,6 +97,7 @@ impl Proxy {
             started: Instant::now(),
             started_at: SystemTime::now(),
             discovery: Mutex::new(DiscoveryState::default()),
+            tunnels: tunnel::Tunnels::new(&config.limits),
             pages,
             panicking: AtomicBool::new(false),
             config,
