@@ -168,6 +168,8 @@ pub struct BackendStats {
     pub errors: AtomicU64,
     /// Client connections whose latest request went here.
     pub clients: AtomicI64,
+    /// `Upgrade` tunnels (WebSocket and the like) open to this backend.
+    pub tunnels: AtomicI64,
 }
 
 /// A live backend: address, health (active checks and outlier detection),

@@ -266,6 +266,10 @@ pub struct ProxyLimits {
     /// `UPSTREAM_BODY_TIMEOUT_SECS`: the longest pause between two reads of
     /// a response body (the client connection is cut off).
     pub upstream_body_timeout: Duration,
+    /// `TUNNEL_IDLE_TIMEOUT_SECS`: an `Upgrade` tunnel (WebSocket and the
+    /// like) in which no byte moved either way for this long is closed
+    /// (HAProxy's `timeout tunnel`).
+    pub tunnel_idle_timeout: Duration,
     /// Idle pooled connections kept per backend.
     pub pool_max_idle: usize,
     /// Time an idle pooled upstream connection is kept.
@@ -449,6 +453,7 @@ impl BalancerConfig {
                 connect_timeout: env.millis_or("CONNECT_TIMEOUT_MS", 2_000)?,
                 upstream_timeout: env.secs_or("UPSTREAM_TIMEOUT_SECS", 60)?,
                 upstream_body_timeout: env.secs_or("UPSTREAM_BODY_TIMEOUT_SECS", 60)?,
+                tunnel_idle_timeout: env.secs_or("TUNNEL_IDLE_TIMEOUT_SECS", 3600)?,
                 pool_max_idle: env.range_or("POOL_MAX_IDLE", 256, 0, 100_000)?,
                 pool_idle_timeout: env.secs_or("POOL_IDLE_TIMEOUT_SECS", 30)?,
             },
@@ -583,6 +588,13 @@ mod tests {
         assert_eq!(c.health.interval, Duration::from_secs(30));
         assert_eq!(c.health.path, "/health");
         assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.limits.tunnel_idle_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_tunnel_idle_timeout_is_read_in_seconds() {
+        let c = cfg(&[("TUNNEL_IDLE_TIMEOUT_SECS", "90")]).expect("valid config");
+        assert_eq!(c.limits.tunnel_idle_timeout, Duration::from_secs(90));
     }
 
     #[test]
@@ -658,6 +670,9 @@ mod tests {
             ("RATE_LIMIT_RPS", "fast"),
             ("RATE_LIMIT_RPS", "-1"),
             ("RATE_LIMIT_BURST", "10"),
+            ("TUNNEL_IDLE_TIMEOUT_SECS", "0"),
+            ("TUNNEL_IDLE_TIMEOUT_SECS", "1h"),
+            ("TUNNEL_IDLE_TIMEOUT_SECS", "86401"),
         ] {
             let mut pairs = vec![(var, value)];
             if var == "DNS_SERVER" {

@@ -1,8 +1,8 @@
 //! The balancer's wiring: the request path's shared state ([`Proxy`]), the
 //! fast path in front of it, the background loops (discovery, health,
-//! least-queue polling, the idle clock, the charts' sampler, the rate
-//! limiter's sweep), the management room ([`crate::admin`], whose overrides
-//! every discovery refresh is layered with) and `run`.
+//! least-queue polling, the idle and tunnel clocks, the charts' sampler,
+//! the rate limiter's sweep), the management room ([`crate::admin`], whose
+//! overrides every discovery refresh is layered with) and `run`.
 //!
 //! The request path reads one snapshot of the backend set through an
 //! `ArcSwap` (no lock, no await while holding anything); discovery builds a
@@ -114,6 +114,12 @@ pub async fn run(
             shutdown.clone(),
         )));
     }
+    // Awaited, not aborted, at the end: it closes the open tunnels when
+    // the drain begins, including hyper's, which no connection waits for.
+    let tunnels = tokio::spawn({
+        let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
+        async move { proxy.tunnels.run(shutdown).await }
+    });
     if proxy.config.strategy.strategy == Strategy::LeastQueue {
         background.push(tokio::spawn(queue::run(
             Arc::clone(&proxy),
@@ -130,6 +136,7 @@ pub async fn run(
         shutdown,
     )
     .await;
+    let _ = tunnels.await;
     for task in background {
         task.abort();
     }

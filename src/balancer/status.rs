@@ -231,6 +231,8 @@ pub struct TotalsStatus {
     /// Keep-alive client connections idle in the parking lot (no task, no
     /// buffer; see `proxy::h1::park`).
     pub parked: usize,
+    /// `Upgrade` tunnels (WebSocket and the like) open now.
+    pub tunnels: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -268,6 +270,8 @@ pub struct BackendStatus {
     pub share: f64,
     /// Client connections whose latest request went here.
     pub clients: i64,
+    /// `Upgrade` tunnels (WebSocket and the like) open to it now.
+    pub tunnels: i64,
 }
 
 /// The strategy in use.
@@ -325,6 +329,7 @@ impl Status {
                     errors: b.stats.errors.load(Relaxed),
                     share: snapshot.selector.share(i),
                     clients: b.stats.clients.load(Relaxed).max(0),
+                    tunnels: b.stats.tunnels.load(Relaxed).max(0),
                 }
             })
             .collect();
@@ -368,6 +373,7 @@ impl Status {
                 failed_requests: state.totals.failed.load(Relaxed),
                 clients: backends.iter().map(|b| b.clients).sum(),
                 parked: state.totals.parked.load(Relaxed),
+                tunnels: backends.iter().map(|b| b.tunnels).sum(),
             },
             backends,
         }

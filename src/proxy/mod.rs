@@ -29,7 +29,7 @@ pub mod hyper_path;
 pub mod limit;
 pub mod report;
 pub mod rules;
-mod tunnel;
+pub mod tunnel;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -97,6 +97,8 @@ pub struct Proxy {
     pub stats: Stats,
     /// Per-client token buckets (`RATE_LIMIT_RPS`), when configured.
     pub limiter: Option<limit::Limiter>,
+    /// The open tunnels' clock and deadlines (both transports' tunnels).
+    pub tunnels: tunnel::Tunnels,
     pages: Arc<dyn Pages>,
     /// Whether the last look found too few backends available (panic
     /// routing, logged once per episode).
@@ -115,6 +117,7 @@ impl Proxy {
             discovery: Mutex::new(DiscoveryState::default()),
             stats: Stats::new(config.ops.client_table_size),
             limiter: config.ops.rate_limit.map(limit::Limiter::new),
+            tunnels: tunnel::Tunnels::new(&config.limits),
             pages,
             panicking: AtomicBool::new(false),
             config,

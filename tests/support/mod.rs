@@ -90,6 +90,8 @@ pub struct TestBackend {
     queue: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
+    /// Ends the WebSocket tunnels too when the backend is killed.
+    killed: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -110,12 +112,14 @@ impl TestBackend {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let queue = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = oneshot::channel();
+        let (killed, on_kill) = tokio::sync::watch::channel(false);
         let shared = Shared {
             name: name.to_owned(),
             healthy: healthy.clone(),
             delay_ms: delay_ms.clone(),
             queue: queue.clone(),
             requests: requests.clone(),
+            killed: on_kill,
         };
         let task = tokio::spawn(accept_loop(listener, Arc::new(shared), stopped));
         TestBackend {
@@ -126,6 +130,7 @@ impl TestBackend {
             queue,
             requests,
             stop: Some(stop),
+            killed,
             task,
         }
     }
@@ -147,8 +152,9 @@ impl TestBackend {
     }
 
     /// Kills the backend the hard way: listener and every open connection
-    /// closed at once, as when its process dies.
+    /// (WebSocket tunnels included) closed at once, as when its process dies.
     pub async fn kill(mut self) {
+        let _ = self.killed.send(true);
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -158,6 +164,7 @@ impl TestBackend {
 
 impl Drop for TestBackend {
     fn drop(&mut self) {
+        let _ = self.killed.send(true);
         self.task.abort();
     }
 }
@@ -168,6 +175,7 @@ struct Shared {
     delay_ms: Arc<AtomicU64>,
     queue: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
+    killed: tokio::sync::watch::Receiver<bool>,
 }
 
 async fn accept_loop(
@@ -212,7 +220,11 @@ async fn backend_handle(
         return Ok(reply(&shared.name, code, format!("{{\"up\":{up}}}")));
     }
     if path == "/ws" {
-        return Ok(websocket_echo(&shared.name, &mut req));
+        return Ok(websocket_echo(
+            &shared.name,
+            shared.killed.clone(),
+            &mut req,
+        ));
     }
     if path == "/api/queue" {
         let n = shared.queue.load(Ordering::SeqCst) as usize;
@@ -291,7 +303,11 @@ fn reply(name: &str, code: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
-fn websocket_echo(name: &str, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+fn websocket_echo(
+    name: &str,
+    mut killed: tokio::sync::watch::Receiver<bool>,
+    req: &mut Request<Incoming>,
+) -> Response<Full<Bytes>> {
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     use tokio_tungstenite::tungstenite::protocol::Role;
     let Some(key) = req.headers().get("sec-websocket-key") else {
@@ -314,7 +330,13 @@ fn websocket_echo(name: &str, req: &mut Request<Incoming>) -> Response<Full<Byte
             None,
         )
         .await;
-        while let Some(Ok(msg)) = ws.next().await {
+        loop {
+            let msg = tokio::select! {
+                // Killed: the socket goes with the task, as with the process.
+                _ = killed.wait_for(|k| *k) => break,
+                msg = ws.next() => msg,
+            };
+            let Some(Ok(msg)) = msg else { break };
             if msg.is_text() {
                 let text = format!("{me}:{}", msg.to_text().unwrap_or(""));
                 if ws.send(text.into()).await.is_err() {

@@ -11,6 +11,12 @@
 //! is the framing parsed: a `Content-Length` is written from the value read,
 //! once, whatever else the message said. A request this module does not
 //! handle is reported [`Request::Unusual`] and served by hyper instead.
+//!
+//! An `Upgrade` request (`Upgrade` and `Connection: upgrade`, as hyper's
+//! path reads it) keeps its `Upgrade` lines and says `Connection: upgrade`
+//! to the backend, and only then may the answer be a `101 Switching
+//! Protocols` ([`upgrade_response`]); after that the connection is a
+//! tunnel ([`crate::proxy::tunnel`]). `h2c` upgrades are left to hyper.
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -31,7 +37,7 @@ pub enum Request {
     /// The head is not complete yet.
     Partial,
     /// Something the fast path leaves to hyper: another protocol version,
-    /// an upgrade, `Expect`, a chunked or large body, a malformed head (hyper
+    /// an `h2c` upgrade, `Expect`, a chunked or large body, a malformed head (hyper
     /// answers it properly), one of the balancer's own pages.
     Unusual,
     Ready(RequestHead),
@@ -50,6 +56,9 @@ pub struct RequestHead {
     pub close: bool,
     /// The client takes trailer fields (`TE: trailers`).
     pub te_trailers: bool,
+    /// The client asks to switch protocols (`Upgrade` with `Connection:
+    /// upgrade`): a `101` answer turns the connection into a tunnel.
+    pub upgrade: bool,
 }
 
 /// Parses the request head at the start of `buf` and writes the backend's
@@ -78,6 +87,8 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     let mut close = false;
     let mut idempotency_key = false;
     let mut te_trailers = false;
+    let mut upgrade_header = false;
+    let mut connection_upgrade = false;
     let mut named = Named::default();
     for line in req.headers.iter() {
         let name = line.name;
@@ -96,8 +107,13 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
                 }
                 _ => return Request::Unusual,
             }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            // h2c stays hyper's, as before tunnels came to the fast path.
+            if tokens(line.value).any(|t| t.eq_ignore_ascii_case(b"h2c")) {
+                return Request::Unusual;
+            }
+            upgrade_header = true;
         } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
             || name.eq_ignore_ascii_case("expect")
         {
             return Request::Unusual;
@@ -107,10 +123,10 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     // The default in HTTP/1.1.
-                } else if token.eq_ignore_ascii_case(b"upgrade")
-                    || (rules::connection_may_drop(token) && !named.add(token))
-                {
-                    // An upgrade, or more names than the fast path keeps.
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    connection_upgrade = true;
+                } else if rules::connection_may_drop(token) && !named.add(token) {
+                    // More names than the fast path keeps.
                     return Request::Unusual;
                 }
             }
@@ -120,6 +136,9 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     let Some(host) = host else {
         return Request::Unusual;
     };
+    // Both halves, or neither: an `Upgrade` alone is a hop-by-hop header
+    // like any other (hyper's path reads it the same way).
+    let upgrade = connection_upgrade && upgrade_header;
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -137,10 +156,14 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
             }
             continue;
         }
-        if request_drops(name) || named.contains(name) {
+        let keep = upgrade && name.eq_ignore_ascii_case(b"upgrade");
+        if !keep && (request_drops(name) || named.contains(name)) {
             continue;
         }
         push_line(out, name, line.value);
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     let ip_start = out.len();
@@ -158,6 +181,7 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
         idempotent: rules::is_idempotent(method.as_bytes(), idempotency_key),
         close,
         te_trailers,
+        upgrade,
     })
 }
 
@@ -288,9 +312,10 @@ impl BodyProgress {
 }
 
 impl ResponseHead {
-    /// An interim (1xx) response: pass it on, then read the final one.
+    /// An interim (1xx) response: pass it on, then read the final one. A
+    /// `101` is final: the tunnel it opens follows it.
     pub fn is_interim(&self) -> bool {
-        (100..200).contains(&self.status)
+        (100..200).contains(&self.status) && self.status != 101
     }
 }
 
@@ -299,6 +324,28 @@ impl ResponseHead {
 /// `HEAD` (no body, whatever the headers say). `close_client`: the client
 /// connection closes after this response, so say so.
 pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Vec<u8>) -> Response {
+    parse_response(buf, head_request, close_client, false, out)
+}
+
+/// [`response`] for a request that asked to upgrade: a `101 Switching
+/// Protocols` is accepted too and keeps its `Upgrade` and `Connection:
+/// upgrade`; what follows its head belongs to the tunnel.
+pub fn upgrade_response(
+    buf: &[u8],
+    head_request: bool,
+    close_client: bool,
+    out: &mut Vec<u8>,
+) -> Response {
+    parse_response(buf, head_request, close_client, true, out)
+}
+
+fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    close_client: bool,
+    upgrade: bool,
+    out: &mut Vec<u8>,
+) -> Response {
     let mut lines = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
@@ -314,7 +361,8 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
     if !(100..600).contains(&status) {
         return Response::Bad("status code out of range");
     }
-    if status == 101 {
+    let switching = status == 101;
+    if switching && !upgrade {
         return Response::Bad("101 Switching Protocols without an upgrade request");
     }
 
@@ -359,8 +407,8 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
     };
     let until_close = framing == Framing::UntilClose;
     // An HTTP/1.0 backend only keeps a connection open when it says so.
-    let reusable = !conn_close && !until_close && version == 1;
-    let close_client = close_client || until_close;
+    let reusable = !conn_close && !until_close && version == 1 && !switching;
+    let close_client = (close_client || until_close) && !switching;
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -388,6 +436,8 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
                 push_length(out, name, n);
             }
             continue;
+        } else if switching && name.eq_ignore_ascii_case(b"upgrade") {
+            false
         } else {
             response_drops(name) || named.contains(name)
         };
@@ -401,7 +451,9 @@ pub fn response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Ve
     if !has_date && !interim {
         push_date(out);
     }
-    if close_client && !interim {
+    if switching {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if close_client && !interim {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -581,6 +633,7 @@ mod tests {
                 idempotent: true,
                 close: false,
                 te_trailers: true,
+                upgrade: false,
             })
         );
         assert_eq!(
@@ -616,7 +669,7 @@ mod tests {
             b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
             b"GET /lb HTTP/1.1\r\nHost: h\r\n\r\n",
             b"GET /health?x HTTP/1.1\r\nHost: h\r\n\r\n",
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1025\r\n\r\n",
@@ -631,6 +684,79 @@ mod tests {
             Request::Partial
         );
         assert_eq!(rewrite(b"GE").0, Request::Partial);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_handshake_and_an_upgrade_alone_is_dropped() {
+        let (parsed, out) = rewrite(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: k\r\n\r\n",
+        );
+        let Request::Ready(head) = parsed else {
+            panic!("not ready: {parsed:?}")
+        };
+        assert!(head.upgrade && head.idempotent && !head.close);
+        assert_eq!(
+            out,
+            "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\
+             connection: upgrade\r\nx-forwarded-for: 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: h\r\n\r\n"
+        );
+        // Either half alone asks for nothing: the other headers pass as usual.
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nX-End: 1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nX-End: 1\r\n\r\n",
+        ] {
+            let (parsed, out) = rewrite(raw);
+            let Request::Ready(head) = parsed else {
+                panic!("not ready: {parsed:?}")
+            };
+            assert!(!head.upgrade);
+            let lower = out.to_ascii_lowercase();
+            assert!(!lower.contains("upgrade"), "{out}");
+            assert!(lower.contains("x-end: 1"), "{out}");
+        }
+    }
+
+    #[test]
+    fn a_101_answers_an_upgrade_only() {
+        let raw =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Accept: a\r\nContent-Length: 0\r\nKeep-Alive: 5\r\n\r\n\x81\x02hi";
+        let mut out = Vec::new();
+        assert!(matches!(
+            response(raw, false, false, &mut out),
+            Response::Bad(_)
+        ));
+        let Response::Ready(head) = upgrade_response(raw, false, true, &mut out) else {
+            panic!("101 refused")
+        };
+        assert_eq!(head.status, 101);
+        assert!(!head.is_interim() && !head.reusable && !head.close_client);
+        assert_eq!(head.framing, Framing::Empty);
+        assert_eq!(&raw[head.head_len..], b"\x81\x02hi");
+        let text = String::from_utf8(out.clone()).unwrap();
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.starts_with("http/1.1 101 switching protocols\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Upgrade: websocket\r\n"), "{text}");
+        assert!(text.contains("Sec-WebSocket-Accept: a\r\n"), "{text}");
+        assert!(lower.contains("connection: upgrade\r\n"), "{text}");
+        for gone in ["content-length", "keep-alive", "connection: close"] {
+            assert!(!lower.contains(gone), "{gone} in {text}");
+        }
+        // Any other answer to an upgrade is an ordinary one.
+        let Response::Ready(head) = upgrade_response(
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno",
+            false,
+            false,
+            &mut out,
+        ) else {
+            panic!("403 refused")
+        };
+        assert_eq!((head.status, head.framing), (403, Framing::Length(2)));
     }
 
     /// The rewritten head, without the `Date` line the balancer adds to a

@@ -9,6 +9,9 @@
 //! request; a coarse check is how nginx and HAProxy treat keep-alive
 //! timeouts too. The price: an idle connection closes between the timeout
 //! and one tick more.
+//!
+//! Open tunnels ([`crate::proxy::tunnel`]) have a clock of their own, of
+//! the same kind but with ticks of up to a minute ([`IdleClock::with_max_tick`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -38,7 +41,15 @@ pub struct IdleClock {
 
 impl IdleClock {
     pub fn new(idle_timeout: Duration) -> Self {
-        let tick = (idle_timeout / 4).clamp(MIN_TICK, MAX_TICK);
+        Self::with_max_tick(idle_timeout, MAX_TICK)
+    }
+
+    /// A clock whose ticks may be as long as `max_tick`: a quarter of the
+    /// timeout up to that. Tunnels use it: waking thousands of open tunnels
+    /// four times a second to check an hour's timeout would cost more than
+    /// the tunnels themselves.
+    pub fn with_max_tick(idle_timeout: Duration, max_tick: Duration) -> Self {
+        let tick = (idle_timeout / 4).clamp(MIN_TICK, max_tick.max(MIN_TICK));
         let timeout_ticks = idle_timeout.as_nanos().div_ceil(tick.as_nanos());
         IdleClock {
             tick,
@@ -113,6 +124,10 @@ mod tests {
         assert_eq!((c.tick, c.timeout_ticks), (Duration::from_millis(100), 4));
         let c = IdleClock::new(Duration::ZERO);
         assert_eq!((c.tick, c.timeout_ticks), (MIN_TICK, 0));
+        let c = IdleClock::with_max_tick(Duration::from_secs(3600), Duration::from_secs(60));
+        assert_eq!((c.tick, c.timeout_ticks), (Duration::from_secs(60), 60));
+        let c = IdleClock::with_max_tick(Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!((c.tick, c.timeout_ticks), (Duration::from_millis(250), 4));
     }
 
     #[test]

@@ -11,8 +11,14 @@
 //! map, and no allocation while its thread has few requests in flight
 //! (`buf.rs`).
 //!
+//! An `Upgrade` request (WebSocket and the like) is sent on a new backend
+//! connection, never a pooled one; a `101` answer turns both connections
+//! into a tunnel ([`super::tunnel`]) for the rest of the client
+//! connection's life, any other answer is relayed like any response and
+//! the connection carries on here.
+//!
 //! The first request the fast path does not handle ([`head::Request::Unusual`]:
-//! upgrades, `Expect`, chunked or large request bodies, HTTP/1.0 and h2c,
+//! `h2c` upgrades, `Expect`, chunked or large request bodies, HTTP/1.0 and h2c,
 //! malformed heads, the balancer's own pages) hands the connection, with the
 //! bytes already read, to hyper ([`super::hyper_path`]) for the rest of its
 //! life. Routing is the driver's ([`super::driver`]), the same for both paths:
@@ -24,7 +30,7 @@
 //! `CLIENT_WRITE_TIMEOUT_SECS`, the backend's pauses in the body within
 //! `UPSTREAM_BODY_TIMEOUT_SECS`.
 
-mod buf;
+pub(crate) mod buf;
 pub mod head;
 /// The chunked-body scanner (shared with the accept loop's head clock).
 pub use crate::chunked;
@@ -47,6 +53,7 @@ use super::body::UpstreamGuard;
 use super::driver::{self, Call, Failed, Transport};
 use super::error::ProxyError;
 use super::hyper_path::Service;
+use super::tunnel::{self, Start};
 use super::{Proxy, rules};
 use crate::backend::{Backend, Pinned};
 use crate::config::ProxyLimits;
@@ -126,6 +133,16 @@ enum Next {
     Close,
     /// Hand the connection to hyper with these bytes already read.
     Hyper(Vec<u8>),
+    /// The backend switched protocols: relay the two connections.
+    Tunnel(Box<Switched>),
+}
+
+/// A tunnel about to open: the backend's connection, the request it keeps
+/// in flight there, and the bytes either side already sent.
+struct Switched {
+    upstream: TcpStream,
+    guard: UpstreamGuard,
+    start: Start,
 }
 
 async fn serve(fast: Arc<FastPath>, conn: Accepted) {
@@ -164,12 +181,23 @@ async fn serve_fast(fast: Arc<FastPath>, mut conn: Accepted, client: IpAddr, pin
             &pinned,
             draining,
         ));
-        match exchange.await {
+        let next = exchange.await;
+        match next {
             Next::KeepAlive(next) if !draining => carry = next,
             Next::KeepAlive(_) | Next::Close => return,
             Next::Hyper(read) => {
                 drop(pinned);
                 return hyper_path(&fast, conn, read).await;
+            }
+            Next::Tunnel(switched) => {
+                let Switched {
+                    upstream,
+                    guard,
+                    start,
+                } = *switched;
+                // Boxed like the exchange: only a tunnel pays for its state.
+                let relay = tunnel::relay(&mut conn.stream, upstream, start, guard, &fast.proxy);
+                return Box::pin(relay).await;
             }
         }
     }
@@ -305,6 +333,7 @@ async fn exchange(
     let carry = (!input.is_empty()).then_some(input);
     let close = head.close || draining;
     let te_trailers = head.te_trailers;
+    let upgrade = head.upgrade;
 
     let mut response = Buf::take();
     let mut out = Buf::take();
@@ -313,6 +342,7 @@ async fn exchange(
         request: &request,
         head_request: request.starts_with(b"HEAD "),
         close,
+        upgrade,
         client: &mut *stream,
         response: &mut response,
         out: &mut out,
@@ -324,8 +354,26 @@ async fn exchange(
     };
     let error = match driver::drive(proxy, call, &mut fast).await {
         Ok(routed) => {
-            let (upstream, head) = routed.response;
+            let (upstream, mut head) = routed.response;
             pinned.repin(routed.guard.backend());
+            if head.status == 101 {
+                // `out` holds the rewritten 101 head; what followed it in
+                // `response` is the backend's first tunnel bytes.
+                if write_client(stream, &out, limits).await.is_err() {
+                    return Next::Close;
+                }
+                response.drain(..head.head_len);
+                return Next::Tunnel(Box::new(Switched {
+                    upstream,
+                    guard: routed.guard,
+                    start: Start {
+                        to_upstream: carry,
+                        to_client: Start::bytes(response),
+                    },
+                }));
+            }
+            // A connection opened for an upgrade is never pooled.
+            head.reusable &= !upgrade;
             let relayed = relay(
                 stream,
                 upstream,
@@ -412,6 +460,8 @@ struct Fast<'a> {
     request: &'a [u8],
     head_request: bool,
     close: bool,
+    /// An upgrade: a new connection, and a `101` is a possible answer.
+    upgrade: bool,
     client: &'a mut TcpStream,
     response: &'a mut Buf,
     out: &'a mut Buf,
@@ -427,7 +477,7 @@ impl Transport for Fast<'_> {
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send {
         let backend = Arc::clone(backend);
         async move {
-            let pooled = if fresh {
+            let pooled = if fresh || self.upgrade {
                 None
             } else {
                 backend.pool.checkout_raw()
@@ -472,7 +522,12 @@ impl Fast<'_> {
         let backend_failed = |error| Failed::new(error, true);
         loop {
             if !self.response.is_empty() {
-                match head::response(self.response, self.head_request, self.close, self.out) {
+                let parse = if self.upgrade {
+                    head::upgrade_response
+                } else {
+                    head::response
+                };
+                match parse(self.response, self.head_request, self.close, self.out) {
                     head::Response::Ready(head) if head.is_interim() => {
                         if write_client(self.client, self.out, self.limits)
                             .await
