@@ -279,6 +279,11 @@ async fn exchange(
             }
             head::Request::Ready(head) => break head,
             head::Request::Unusual => return Next::Hyper(input.into_vec()),
+            head::Request::Refused(refusal) => {
+                own_answer(&refusal.into(), true, &mut request);
+                let _ = write_client(stream, &request, limits).await;
+                return Next::Close;
+            }
             // Too big for us: hyper answers 431.
             head::Request::Partial if input.len() >= limits.max_header_bytes => {
                 return Next::Hyper(input.into_vec());
@@ -359,12 +364,13 @@ fn own_answer(error: &ProxyError, close: bool, out: &mut Vec<u8>) {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     let body = rules::answer_body(error);
-    head::own_response(
+    head::own_response_with(
         status,
         reason,
         "application/json",
+        rules::answer_fields(error),
         body.as_bytes(),
-        close,
+        close || rules::closes_connection(error),
         out,
     );
 }
