@@ -603,13 +603,15 @@ mod tests {
     fn heads_are_checked_connect_first_then_host_then_target() {
         use Refusal::Bad;
         let abs = |scheme, authority| Target::Absolute { scheme, authority };
-        let cases: [(
-            &[u8],
-            Target,
+        // (method, target, Host lines, first Host, verdict)
+        type Case<'a> = (
+            &'a [u8],
+            Target<'a>,
             usize,
-            Option<&[u8]>,
-            Result<HostFix, Refusal>,
-        ); 12] = [
+            Option<&'a [u8]>,
+            Result<HostFix<'a>, Refusal>,
+        );
+        let cases: [Case; 12] = [
             (b"GET", Target::Origin, 1, Some(b"h"), Ok(HostFix::Keep)),
             (b"CONNECT", Target::Other, 2, None, Err(Refusal::Connect)),
             (
