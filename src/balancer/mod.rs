@@ -56,6 +56,7 @@ pub async fn run(
         grace: config.shutdown_grace,
         max_connections: config.max_client_connections,
         head_timeout_answer: crate::proxy::h1::head_timeout_answer,
+        shed: None,
     };
     let proxy = Arc::new(Proxy::new(config, status::handle));
     tracing::info!(
@@ -69,6 +70,11 @@ pub async fn run(
     // already has a backend set (a failure is logged and retried by the loop).
     refresh(&proxy, &discovery).await;
     let fast = FastPath::new(Arc::clone(&proxy));
+    // At the connection budget, idle fast-path connections make room.
+    let opts = ServeOptions {
+        shed: Some(Arc::clone(&fast) as Arc<dyn server::ShedIdle>),
+        ..opts
+    };
     let mut background = vec![
         tokio::spawn(discovery_loop(
             Arc::clone(&proxy),

@@ -110,6 +110,28 @@ impl FastPath {
     }
 }
 
+/// At the connection budget: the longest-parked connections close first;
+/// when too few are parked, so do the idle ones not parked yet. (Idle
+/// connections hyper serves are not reached: h2c, HTTP/1.0 and trusted
+/// proxies' connections wait for their own idle timeout.)
+impl crate::server::ShedIdle for FastPath {
+    fn shed_idle(&self, n: usize) -> usize {
+        let closed = self.parking.shed_oldest(n);
+        if closed < n {
+            self.idle.shed_waiting();
+        }
+        closed
+    }
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("parking", &self.parking)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Serves balancer connections: the fast path first, hyper when needed.
 pub struct Connection(pub Arc<FastPath>);
 
@@ -191,7 +213,7 @@ async fn wait_for_request(clock: &IdleClock, stream: &TcpStream, may_park: bool)
     let since = clock.now();
     loop {
         let tick = clock.next();
-        if clock.expired(since) {
+        if clock.expired(since) || clock.is_shed(since) {
             return Wait::Close;
         }
         if may_park && clock.may_park(since) {
