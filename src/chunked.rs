@@ -2,6 +2,11 @@
 //! unchanged: the fast path forwards a backend's chunks byte for byte and
 //! only needs to know where the message ends, so the connection can be
 //! reused. Chunk extensions and trailer fields are skipped, never decoded.
+//!
+//! The same scanner follows client request bodies in the accept loop's
+//! framing follower (`server/head_clock.rs`), ahead of hyper's decoder, so
+//! one set of rules bounds chunked bodies in both directions; among them a
+//! chunk size of at most [`MAX_SIZE_DIGITS`] hex digits.
 
 /// Where the scanner is inside a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +52,13 @@ enum State {
     Done,
 }
 
+/// The most hex digits a chunk size may have (leading zeros count): 13,
+/// sizes below 2^52 bytes (4 PiB), HAProxy's bound. No chunk anywhere near
+/// that is ever forwarded within the balancer's deadlines; a longer size
+/// line only makes a reader wait for bytes that never come (a 16-digit size
+/// is 16 EiB).
+pub const MAX_SIZE_DIGITS: u8 = 13;
+
 /// A malformed chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed chunked body")]
@@ -88,6 +100,12 @@ impl Chunked {
     /// `\r`, and hold no control bytes: whatever the balancer relays, a
     /// strict client frames the same way.
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, Malformed> {
+        self.scan(buf, false).map_err(|_| Malformed)
+    }
+
+    /// Like [`Chunked::feed`], but a refusal says which byte of `buf` broke
+    /// the body (everything before it was accepted).
+    pub fn feed_locating(&mut self, buf: &[u8]) -> Result<usize, usize> {
         self.scan(buf, false)
     }
 
@@ -95,7 +113,7 @@ impl Chunked {
     /// (after the last chunk's size line), so a caller can leave the
     /// trailer fields out.
     pub fn feed_to_trailers(&mut self, buf: &[u8]) -> Result<usize, Malformed> {
-        self.scan(buf, true)
+        self.scan(buf, true).map_err(|_| Malformed)
     }
 
     /// Inside the trailer section (the last chunk was seen).
@@ -106,7 +124,8 @@ impl Chunked {
         )
     }
 
-    fn scan(&mut self, buf: &[u8], stop_at_trailers: bool) -> Result<usize, Malformed> {
+    /// `Err(i)`: the byte at `i` is refused.
+    fn scan(&mut self, buf: &[u8], stop_at_trailers: bool) -> Result<usize, usize> {
         let mut i = 0;
         while i < buf.len() {
             if stop_at_trailers && self.in_trailers() {
@@ -115,13 +134,12 @@ impl Chunked {
             let b = buf[i];
             self.0 = match self.0 {
                 State::Size { size, digits } => match hex(b) {
-                    // 16 hex digits overflow u64: nobody sends such a chunk.
-                    Some(d) if digits < 15 => State::Size {
+                    Some(d) if digits < MAX_SIZE_DIGITS => State::Size {
                         size: size << 4 | u64::from(d),
                         digits: digits + 1,
                     },
-                    Some(_) => return Err(Malformed),
-                    None if digits == 0 => return Err(Malformed),
+                    Some(_) => return Err(i),
+                    None if digits == 0 => return Err(i),
                     None => {
                         // Re-read this byte as the rest of the line.
                         self.0 = State::SizeEnd { size };
@@ -133,23 +151,23 @@ impl Chunked {
                 }
                 State::SizeBlank { size } => match b {
                     b';' => State::Ext { size },
-                    _ => return Err(Malformed),
+                    _ => return Err(i),
                 },
                 State::SizeEnd { size } => match b {
                     b';' => State::Ext { size },
                     b'\r' => State::SizeCr { size },
                     b'\n' => line_end(size),
-                    _ => return Err(Malformed),
+                    _ => return Err(i),
                 },
                 State::Ext { size } => match b {
                     b'\r' => State::SizeCr { size },
                     b'\n' => line_end(size),
                     b if is_text(b) => State::Ext { size },
-                    _ => return Err(Malformed),
+                    _ => return Err(i),
                 },
                 State::SizeCr { size } => match b {
                     b'\n' => line_end(size),
-                    _ => return Err(Malformed),
+                    _ => return Err(i),
                 },
                 State::Data(left) => {
                     let take = (buf.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -165,30 +183,30 @@ impl Chunked {
                 State::DataEnd { seen_cr } => match b {
                     b'\r' if !seen_cr => State::DataEnd { seen_cr: true },
                     b'\n' => State::Size { size: 0, digits: 0 },
-                    _ => return Err(Malformed),
+                    _ => return Err(i),
                 },
                 State::TrailerLine { cr } => match b {
                     b'\n' => {
                         self.0 = State::Done;
                         return Ok(i + 1);
                     }
-                    _ if cr => return Err(Malformed),
+                    _ if cr => return Err(i),
                     b'\r' => State::TrailerLine { cr: true },
                     // A field name's first byte; no folding, no empty name.
                     b if b.is_ascii_graphic() && b != b':' => State::TrailerRest {
                         colon: false,
                         cr: false,
                     },
-                    _ => return Err(Malformed),
+                    _ => return Err(i),
                 },
                 State::TrailerRest { colon, cr } => match b {
                     b'\n' if colon => State::TrailerLine { cr: false },
-                    _ if cr => return Err(Malformed),
+                    _ if cr => return Err(i),
                     b'\r' if colon => State::TrailerRest { colon, cr: true },
                     b':' => State::TrailerRest { colon: true, cr },
                     b if colon && is_text(b) => State::TrailerRest { colon, cr },
                     b if b.is_ascii_graphic() => State::TrailerRest { colon, cr },
-                    _ => return Err(Malformed),
+                    _ => return Err(i),
                 },
                 State::Done => return Ok(i),
             };
@@ -247,6 +265,19 @@ mod tests {
         ] {
             assert_eq!(Chunked::default().feed(bad), Err(Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn chunk_sizes_stop_at_thirteen_hex_digits() {
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(b"fffffffffffff\r\nab"), Ok(17), "2^52 - 1 is fine");
+        let mut c = Chunked::default();
+        assert_eq!(c.feed_locating(b"10000000000000\r\n"), Err(13));
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(b"0000000000005\r\nhello\r\n0\r\n\r\n"), Ok(27));
+        assert!(c.is_done());
+        let mut c = Chunked::default();
+        assert_eq!(c.feed_locating(b"5\r\nhello\r\nzz"), Err(10));
     }
 
     #[test]

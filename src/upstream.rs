@@ -260,14 +260,18 @@ impl ConnectError {
     /// The failure is this machine's (out of file descriptors, memory or
     /// local ports), not the backend's: it must never count against it.
     pub fn is_local(&self) -> bool {
-        let ConnectError::Io(_, e) = self else {
-            return false;
-        };
-        matches!(
-            e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
-        )
+        matches!(self, ConnectError::Io(_, e) if is_local(e))
     }
+}
+
+/// Whether a socket error is this machine's shortage (file descriptors,
+/// memory, local ports) rather than anything a peer did: proxied requests
+/// and health checks alike never blame a backend for it.
+pub fn is_local(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 impl ConnPool {

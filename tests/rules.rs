@@ -18,6 +18,8 @@
 //! (outlier counts, pooled connections) could leak from one run into the
 //! next.
 
+#[path = "support/haproxy.rs"]
+mod haproxy;
 mod support;
 
 use std::future::Future;
@@ -1506,5 +1508,283 @@ async fn a_client_that_stops_reading_frees_its_backend_on_both_paths() {
             format!("{path:?}: the backend connection was still open {waited:?} after the request")
         });
     }
+    failures.assert_none();
+}
+
+// ---------------------------------------------------------------------------
+// 5. Strict request heads (rules::check_head, rules::has_fragment, chunk
+//    sizes): what is refused, and what an absolute-form target becomes.
+
+/// What a strict-head case must give.
+#[derive(Debug, Clone, Copy)]
+enum Strict {
+    /// The balancer's own JSON answer, then a close; nothing reaches a
+    /// backend.
+    Own(u16, &'static str),
+    /// Refused as a malformed head (hyper's bare 400), then a close.
+    Malformed,
+    /// Forwarded as `method target` with this `Host`.
+    Forwarded(&'static str, &'static str),
+}
+
+/// A chunked POST whose second chunk has the size line `size`.
+fn chunked_with_size(size: &str) -> String {
+    format!(
+        "POST /up HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n{size}\r\nabc"
+    )
+}
+
+/// (name, request, what it must give). `{HOST}` is the test's Host.
+fn strict_cases() -> Vec<(&'static str, Vec<u8>, Strict)> {
+    let own_bad = |why| Strict::Own(400, why);
+    let req = |s: String| s.into_bytes();
+    vec![
+        (
+            "two identical Host lines",
+            req(format!(
+                "GET /a HTTP/1.1\r\nHost: {HOST}\r\nHost: {HOST}\r\n\r\n"
+            )),
+            own_bad("more than one Host header"),
+        ),
+        (
+            "two different Host lines",
+            req(format!(
+                "GET /a HTTP/1.1\r\nHost: {HOST}\r\nHost: evil.example\r\n\r\n"
+            )),
+            own_bad("more than one Host header"),
+        ),
+        (
+            "a Host value that is no host",
+            req("GET /a HTTP/1.1\r\nHost: a b\r\n\r\n".to_owned()),
+            own_bad("invalid Host header"),
+        ),
+        (
+            "absolute form, the same authority as Host",
+            req(format!(
+                "GET http://{HOST}/a?q=1 HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+            )),
+            Strict::Forwarded("GET /a?q=1", HOST),
+        ),
+        (
+            "absolute form, the default port spelled out",
+            req(format!(
+                "GET http://{HOST}:80/a HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+            )),
+            Strict::Forwarded("GET /a", "edge.test:80"),
+        ),
+        (
+            "absolute form without Host",
+            req("GET http://other.example/a HTTP/1.1\r\n\r\n".to_owned()),
+            Strict::Forwarded("GET /a", "other.example"),
+        ),
+        (
+            "absolute form, another authority than Host",
+            req(format!(
+                "GET http://other.example/a HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+            )),
+            own_bad("Host does not match the request target's authority"),
+        ),
+        (
+            "absolute form with userinfo",
+            req(format!(
+                "GET http://u@{HOST}/a HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+            )),
+            own_bad("invalid request target"),
+        ),
+        (
+            "absolute form, not http",
+            req(format!(
+                "GET ftp://{HOST}/a HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+            )),
+            own_bad("unsupported scheme in the request target"),
+        ),
+        (
+            "CONNECT to an authority",
+            req(format!(
+                "CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n"
+            )),
+            Strict::Own(405, "CONNECT is not supported"),
+        ),
+        (
+            "CONNECT to a path",
+            req(format!("CONNECT /a HTTP/1.1\r\nHost: {HOST}\r\n\r\n")),
+            Strict::Own(405, "CONNECT is not supported"),
+        ),
+        (
+            "a fragment in the target",
+            req(format!("GET /a#b HTTP/1.1\r\nHost: {HOST}\r\n\r\n")),
+            Strict::Malformed,
+        ),
+        (
+            "a fragment after the query",
+            req(format!("GET /a?x=1#b HTTP/1.1\r\nHost: {HOST}\r\n\r\n")),
+            Strict::Malformed,
+        ),
+        (
+            "an asterisk target with GET",
+            req(format!("GET * HTTP/1.1\r\nHost: {HOST}\r\n\r\n")),
+            own_bad("a * target is only for OPTIONS"),
+        ),
+        (
+            "an asterisk target with OPTIONS",
+            req(format!("OPTIONS * HTTP/1.1\r\nHost: {HOST}\r\n\r\n")),
+            Strict::Forwarded("OPTIONS *", HOST),
+        ),
+        (
+            "an authority target with GET",
+            req(format!("GET {HOST}:80 HTTP/1.1\r\nHost: {HOST}\r\n\r\n")),
+            own_bad("invalid request target"),
+        ),
+        (
+            "a 14-digit chunk size",
+            req(chunked_with_size("10000000000000")),
+            own_bad("the request body could not be read"),
+        ),
+        (
+            "a 16-digit chunk size",
+            req(chunked_with_size("ffffffffffffffff")),
+            own_bad("the request body could not be read"),
+        ),
+        (
+            "a 17-digit chunk size that overflows to 0",
+            req(chunked_with_size("10000000000000000")),
+            own_bad("the request body could not be read"),
+        ),
+        (
+            "a 14-digit chunk size after 70 KiB already streamed",
+            {
+                let mut r = format!(
+                    "POST /up HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n11800\r\n"
+                )
+                .into_bytes();
+                r.extend_from_slice(&pattern(0x11800, 7));
+                r.extend_from_slice(b"\r\n10000000000000\r\nabc");
+                r
+            },
+            own_bad("the request body could not be read"),
+        ),
+    ]
+}
+
+/// What one strict-head case did: the answer, whether the connection
+/// closed after it, and the requests the backend received (method and
+/// target, Host).
+#[derive(Debug, PartialEq, Eq)]
+struct StrictOutcome {
+    got: Got,
+    closed_after: bool,
+    received: Vec<(String, Vec<String>)>,
+}
+
+async fn run_strict(request: &[u8], path: Path) -> StrictOutcome {
+    let mut backend = RawBackend::start(echo_target).await;
+    let lb = balancer(&[&backend], &[("CLIENT_BODY_TIMEOUT_SECS", "2")]).await;
+    let mut c = open(lb.addr, IpAddr::from(LOCAL), path).await;
+    // A write may fail once the balancer refused the head and closed.
+    let _ = c.stream.write_all(request).await;
+    let got = answer(&mut c, IO_LIMIT, &["date"]).await;
+    // A streamed body's partial request may still be on its way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let received: Vec<Seen> = backend.received_so_far();
+    let closed_after = !still_open(&mut c).await;
+    let received = received
+        .into_iter()
+        .map(|s| {
+            let hosts = s.head.all("host").into_iter().map(str::to_owned).collect();
+            (format!("{} {}", s.method, s.target), hosts)
+        })
+        .collect();
+    StrictOutcome {
+        got,
+        closed_after,
+        received,
+    }
+}
+
+/// Every strict-head case: refused (or rewritten) the same way on both
+/// paths, as the rules say; a refused head reaches no backend (a body
+/// already streaming reaches it incomplete) and ends its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_heads_are_refused_alike_on_both_paths() {
+    let mut failures = Failures::default();
+    for (name, request, want) in strict_cases() {
+        let [fast, hyper] = both(|path| run_strict(&request, path)).await;
+        failures.same(name, &fast, &hyper);
+        for (path, o) in [(Path::Fast, &fast), (Path::Hyper, &hyper)] {
+            let what = format!("{name} ({path:?})");
+            match want {
+                Strict::Own(status, reason) => {
+                    failures.check(
+                        o.got.status() == Some(status)
+                            && o.got.body() == own_json(status, reason)
+                            && o.got.field("connection") == Some("close")
+                            && o.closed_after,
+                        || format!("{what}: want {status} {reason:?} and a close, got {o:?}"),
+                    );
+                    failures.check(status != 405 || o.got.field("allow").is_some(), || {
+                        format!("{what}: a 405 without Allow: {o:?}")
+                    });
+                    let streamed = name.contains("streamed");
+                    failures.check(
+                        o.received.is_empty() || (streamed && o.received.len() == 1),
+                        || format!("{what}: reached the backend: {:?}", o.received),
+                    );
+                }
+                Strict::Malformed => failures.check(
+                    o.got.status() == Some(400)
+                        && o.got.body().is_empty()
+                        && o.closed_after
+                        && o.received.is_empty(),
+                    || format!("{what}: want a bare 400, a close, nothing forwarded: {o:?}"),
+                ),
+                Strict::Forwarded(line, host) => failures.check(
+                    o.got.status() == Some(200)
+                        && !o.closed_after
+                        && o.received == [(line.to_owned(), vec![host.to_owned()])],
+                    || format!("{what}: want {line:?} with Host {host:?} forwarded: {o:?}"),
+                ),
+            }
+        }
+    }
+    failures.assert_none();
+}
+
+/// Differential against HAProxy 2.6 in the same role (a reverse proxy in
+/// front of one backend): every request HAProxy refuses itself, hashgate
+/// refuses too (it may refuse more: two identical `Host` lines, a `Host`
+/// that is no host name, `GET *`, a `ftp://` target, userinfo, CONNECT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatever_haproxy_refuses_is_refused() {
+    let mut backend = RawBackend::start(echo_target).await;
+    let Some(haproxy) = haproxy::Haproxy::start(backend.addr) else {
+        return;
+    };
+    let lb = balancer(&[&backend], &[("CLIENT_BODY_TIMEOUT_SECS", "2")]).await;
+    let mut failures = Failures::default();
+    let mut refused_by_haproxy = 0;
+    for (name, request, _) in strict_cases() {
+        let mut verdicts = Vec::new();
+        for front in [haproxy.addr, lb.addr] {
+            backend.received_so_far();
+            let mut c = Wire::connect(front).await;
+            let _ = c.stream.write_all(&request).await;
+            let got = answer(&mut c, Duration::from_secs(3), &[]).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let forwarded = !backend.received_so_far().is_empty();
+            let refused = matches!(got.status(), Some(400..=499)) && !forwarded;
+            verdicts.push((refused, got.status()));
+        }
+        let [(haproxy_refused, h), (ours_refused, o)] = verdicts[..] else {
+            unreachable!()
+        };
+        refused_by_haproxy += usize::from(haproxy_refused);
+        failures.check(!haproxy_refused || ours_refused, || {
+            format!("{name}: HAProxy refuses it ({h:?}), hashgate answers {o:?}")
+        });
+    }
+    // The comparison means something only if HAProxy refused some.
+    failures.check(refused_by_haproxy >= 8, || {
+        format!("HAProxy refused only {refused_by_haproxy} cases: is it HAProxy 2.6 in HTTP mode?")
+    });
     failures.assert_none();
 }

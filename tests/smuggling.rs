@@ -212,3 +212,51 @@ async fn no_connection_option_changes_framing_or_client_identity() {
         .await;
     }
 }
+
+/// A chunk size that overflows 64 bits (`1` and sixteen zeros: zero to a
+/// decoder that wraps) or that no body ever reaches (sixteen `f`s), with
+/// a complete second request where a wrapping decoder would look for the
+/// next message: the head is refused (400, close) on both paths, the
+/// embedded request reaches no backend, and the next client gets its own
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_chunk_size_smuggles_nothing() {
+    let embedded =
+        "GET /smuggled HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    for size in ["10000000000000000", "ffffffffffffffff"] {
+        for path in [Path::Fast, Path::Hyper] {
+            bounded(async {
+                let mut backend = RawBackend::start(by_target).await;
+                let lb = balancer(&[&backend], &[]).await;
+                let mut attacker = Wire::connect_from(ip(ATTACKER), lb.addr).await;
+                enter(&mut attacker, path).await;
+                let attack = format!(
+                    "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n\r\n{embedded}"
+                );
+                attacker.send(attack.as_bytes()).await;
+                let r = final_response(&mut attacker).await;
+                assert_eq!(r.status, 400, "{path:?} {size}: {r:?}");
+                assert!(
+                    attacker.closes_within(IO_LIMIT).await,
+                    "{path:?} {size}: the connection stays open"
+                );
+
+                let mut victim = Wire::connect_from(ip(VICTIM), lb.addr).await;
+                victim.send(&get("/victim")).await;
+                let v = recv(&mut victim).await;
+                assert_eq!((v.status, v.text().as_str()), (200, SECRET), "{path:?} {size}");
+
+                let seen = backend.request().await;
+                assert_eq!(seen.target, "/victim", "{path:?} {size}: {seen:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let rest: Vec<String> = backend
+                    .received_so_far()
+                    .into_iter()
+                    .map(|s| s.target)
+                    .collect();
+                assert!(rest.is_empty(), "{path:?} {size}: also forwarded {rest:?}");
+            })
+            .await;
+        }
+    }
+}

@@ -65,6 +65,7 @@ pub async fn run(
         max_connections: config.max_client_connections,
         head_timeout_answer: crate::proxy::h1::head_timeout_answer,
         open_connections: None,
+        shed: None,
     };
     let console = Arc::new(status::Console {
         admin: Arc::clone(&admin),
@@ -86,6 +87,11 @@ pub async fn run(
     // already has a backend set (a failure is logged and retried by the loop).
     refresh(&proxy, &admin, &discovery).await;
     let fast = FastPath::new(Arc::clone(&proxy));
+    // At the connection budget, idle fast-path connections make room.
+    let opts = ServeOptions {
+        shed: Some(Arc::clone(&fast) as Arc<dyn server::ShedIdle>),
+        ..opts
+    };
     let mut background = vec![
         tokio::spawn(discovery_loop(
             Arc::clone(&proxy),

@@ -2,14 +2,16 @@
 //! once when something rings the bell (a new backend, a refused
 //! connection). Each result feeds the backend's rise/fall machine and its
 //! outlier state (a pass can end a half-open or connection-caused ejection;
-//! see [`super::outlier`]).
+//! see [`super::outlier`]). A probe this process could not make (no file
+//! descriptor left: [`Failure::Local`]) records nothing: local pressure
+//! never takes a backend down.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinSet;
 
-use super::probe::probe;
+use super::probe::{Failure, probe};
 use super::{Flip, LastCheck};
 use crate::backend::Published;
 use crate::config::{HealthConfig, OutlierConfig};
@@ -32,8 +34,20 @@ pub async fn run(
     outlier: OutlierConfig,
     shutdown: Shutdown,
 ) {
+    // Whether the last round had probes it could not make (one warning per
+    // such episode, one line when it ends).
+    let mut short = false;
     loop {
-        round(&backends, &cfg, &outlier).await;
+        let skipped = round(&backends, &cfg, &outlier).await;
+        match (skipped, short) {
+            (0, true) => tracing::info!("health checks run again"),
+            (n, false) if n > 0 => tracing::warn!(
+                skipped = n,
+                "health checks skipped: this process is short of file descriptors; backends keep their state"
+            ),
+            _ => {}
+        }
+        short = skipped > 0;
         let any_down = backends
             .load()
             .backends
@@ -55,8 +69,10 @@ pub async fn run(
 }
 
 /// Probes every backend of the current snapshot concurrently and records the
-/// results; logs one line per state change.
-async fn round(backends: &Published, cfg: &HealthConfig, outlier: &OutlierConfig) {
+/// results; logs one line per state change. Returns how many probes could
+/// not be made for want of local resources (nothing is recorded for them).
+async fn round(backends: &Published, cfg: &HealthConfig, outlier: &OutlierConfig) -> usize {
+    let mut skipped = 0;
     let snapshot = backends.load();
     let mut probes = JoinSet::new();
     for backend in snapshot.backends.iter().map(Arc::clone) {
@@ -70,6 +86,15 @@ async fn round(backends: &Published, cfg: &HealthConfig, outlier: &OutlierConfig
     while let Some(joined) = probes.join_next().await {
         let Ok((backend, result)) = joined else {
             continue;
+        };
+        let result = match result {
+            Err(Failure::Local(why)) => {
+                tracing::debug!(backend = %backend.name(), error = %why, "health check not made");
+                skipped += 1;
+                continue;
+            }
+            Err(Failure::Backend(why)) => Err(why),
+            Ok(latency) => Ok(latency),
         };
         let check = LastCheck {
             at: Some(SystemTime::now()),
@@ -100,4 +125,5 @@ async fn round(backends: &Published, cfg: &HealthConfig, outlier: &OutlierConfig
             change.log(backend.name(), why);
         }
     }
+    skipped
 }

@@ -35,7 +35,11 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
     tracing::debug!(status, error = %error, "request failed");
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = json_bytes(status, rules::answer_body(error));
-    if matches!(error, ProxyError::ClientTimeout | ProxyError::ClientBody(_)) {
+    for (name, value) in rules::answer_fields(error) {
+        resp.headers_mut()
+            .insert(*name, HeaderValue::from_static(value));
+    }
+    if rules::closes_connection(error) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

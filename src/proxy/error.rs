@@ -21,6 +21,10 @@ pub enum ProxyError {
     Timeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// `CONNECT`, which the balancer does not tunnel (see
+    /// [`super::rules`]).
+    #[error("CONNECT is not supported")]
+    MethodNotAllowed,
     /// The client's request body broke off or was malformed mid-stream.
     #[error("client request body failed: {0}")]
     ClientBody(String),

@@ -56,6 +56,13 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = ServiceFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let host = match check_head(&req) {
+            Ok(host) => host,
+            Err(refusal) => {
+                let resp = super::body::error_response(&refusal.into());
+                return Box::pin(std::future::ready(Ok(resp)));
+            }
+        };
         if rules::is_own_endpoint(req.uri().path()) {
             let page = self.proxy.page(req);
             return Box::pin(async move { Ok(page.await) });
@@ -64,7 +71,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         let conn = Arc::clone(&self.conn);
         let peer = self.peer;
         Box::pin(async move {
-            let resp = match forward(&proxy, peer, req).await {
+            let resp = match forward(&proxy, peer, req, host).await {
                 Ok((resp, backend)) => {
                     conn.repin(&backend);
                     resp
@@ -76,11 +83,42 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
+/// The strict-head rules ([`rules::check_head`]) for a request as hyper
+/// parsed it; `Some`: the `Host` the backend gets instead of the client's
+/// (an absolute-form target's authority). hyper's URI has already dropped
+/// any fragment: the accept loop's follower refuses those.
+fn check_head<B>(req: &Request<B>) -> Result<Option<HeaderValue>, rules::Refusal> {
+    let uri = req.uri();
+    let target = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => rules::Target::Absolute {
+            scheme,
+            authority: authority.as_str(),
+        },
+        // HTTP/2 may leave `:authority` out (`Host` says it then).
+        (Some(_), None) => rules::Target::Origin,
+        (None, None) if uri.path().starts_with('/') => rules::Target::Origin,
+        (None, None) if uri.path() == "*" => rules::Target::Asterisk,
+        _ => rules::Target::Other,
+    };
+    let mut lines = req.headers().get_all(header::HOST).iter();
+    let host = lines.next().map(HeaderValue::as_bytes);
+    let host_lines = usize::from(host.is_some()) + lines.count();
+    let method = req.method().as_str().as_bytes();
+    match rules::check_head(method, target, host_lines, host)? {
+        rules::HostFix::Keep => Ok(None),
+        rules::HostFix::Authority(authority) => HeaderValue::from_str(authority)
+            .map(Some)
+            .map_err(|_| rules::Refusal::Bad("invalid request target")),
+    }
+}
+
 /// Forwards one request; returns the response and the backend that gave it.
+/// `host`: the `Host` to send instead of the client's ([`check_head`]).
 async fn forward(
     proxy: &Arc<Proxy>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
+    host: Option<HeaderValue>,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     let client = proxy.trusted.client_ip(peer.ip(), req.headers());
     let from_trusted = !proxy.trusted.is_empty() && proxy.trusted.contains(peer.ip());
@@ -92,6 +130,9 @@ async fn forward(
     );
 
     let (mut parts, body) = req.into_parts();
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
+    }
     rewrite_head(&mut parts, peer.ip(), client, from_trusted, upgrade)?;
     let limits = &proxy.config.limits;
     let body = if upgrade {

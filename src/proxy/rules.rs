@@ -26,6 +26,9 @@
 //!   failure becomes which status, JSON reason and `Retry-After`.
 //! - **Own endpoints** ([`is_own_endpoint`]): the paths the balancer answers
 //!   itself, never proxied.
+//! - **Strict request heads** ([`check_head`], [`has_fragment`],
+//!   [`MAX_CHUNK_SIZE_DIGITS`]): what is refused before anything is
+//!   forwarded (below).
 //!
 //! # What `Connection` may and may not remove
 //!
@@ -56,6 +59,8 @@
 
 use super::error::ProxyError;
 use crate::health::outlier::Fault;
+
+pub use crate::chunked::MAX_SIZE_DIGITS as MAX_CHUNK_SIZE_DIGITS;
 
 /// The hop-by-hop headers every proxy drops in both directions (RFC 9110
 /// §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`), in lower
@@ -129,6 +134,243 @@ pub fn connection_may_drop(name: &[u8]) -> bool {
         || is_forwarding(name))
 }
 
+// ---------------------------------------------------------------------------
+// Strict request heads.
+//
+// A proxy that forwards what its backend would read differently from itself
+// is a smuggling or cache-poisoning tool, so a head that two readers could
+// disagree on is refused, with the RFC's answer, before it reaches a backend
+// (what HAProxy 2.6 refuses in the same role is refused here too; see
+// `tests/rules.rs`):
+//
+// - `CONNECT`: 405 with `Allow`. The balancer tunnels only `Upgrade`
+//   handshakes, to the client's sticky backend; a `CONNECT` tunnel would
+//   make it an open forward proxy to wherever the client names.
+// - More than one `Host` line, or a `Host` value that is not `host[:port]`:
+//   400 (RFC 9112 §3.2: a server MUST answer 400 to either). HAProxy passes
+//   two identical lines; we do not: which one a backend reads is then its
+//   own choice, and the RFC leaves none.
+// - A target in absolute form (`GET http://h/x`): RFC 9112 §3.2.2 says the
+//   target's authority wins and `Host` is replaced by it. When the two
+//   differ, the client is sending a backend one name and everything that
+//   reads only `Host` (a cache, a log, a virtual-host router in front)
+//   another: 400, as HAProxy does. When they agree (or `Host` is absent)
+//   the request is forwarded in origin form with `Host` set to the
+//   target's authority. Only `http` and `https` targets, without userinfo.
+// - `*` only with `OPTIONS`; an authority-form target only with `CONNECT`
+//   (itself refused): 400.
+// - A `#` in the request line: a fragment never travels in a request
+//   (RFC 9110 §4.2.5). hyper's URI parser drops it silently, so on hyper's
+//   path the accept loop's framing follower turns it into a byte hyper's
+//   parser refuses; both paths answer it as the malformed head it is
+//   (hyper's 400, then close).
+// - A chunk-size line over [`MAX_CHUNK_SIZE_DIGITS`] hex digits (a chunk of
+//   2^52 bytes or more, HAProxy's bound): nothing that large is ever
+//   forwarded within the deadlines the balancer keeps, and a size near
+//   2^64 only waits for bytes that never come. One scanner, `chunked.rs`,
+//   holds the bound for both directions: the follower ends a request body
+//   at such a line (400, then close), and the fast path's relay ends a
+//   response there.
+//
+// Every refusal closes the connection ([`closes_connection`]): after a head
+// the balancer would not forward, it cannot be sure where the next one
+// starts.
+
+/// Why a request head is refused before anything is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400, with this reason.
+    Bad(&'static str),
+    /// `CONNECT`: 405.
+    Connect,
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Bad(why) => ProxyError::BadRequest(why),
+            Refusal::Connect => ProxyError::MethodNotAllowed,
+        }
+    }
+}
+
+/// The `Allow` field of the balancer's 405 (RFC 9110 §15.5.6 requires one):
+/// every method but `CONNECT` is proxied; these are the registered ones.
+pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
+/// A request target, by its form (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/path?query`.
+    Origin,
+    /// `*`.
+    Asterisk,
+    /// `scheme://authority/path?query`.
+    Absolute { scheme: &'a str, authority: &'a str },
+    /// Anything else (an authority alone, or no path).
+    Other,
+}
+
+/// What the backend gets as `Host` when a head passes [`check_head`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostFix<'a> {
+    /// The client's `Host` (or its absence) as it is.
+    Keep,
+    /// The absolute-form target's authority, in place of any `Host`.
+    Authority(&'a str),
+}
+
+/// The rules above for one request head: its method, its target's form,
+/// how many `Host` lines it has and the first one's value.
+pub fn check_head<'a>(
+    method: &[u8],
+    target: Target<'a>,
+    host_lines: usize,
+    host: Option<&[u8]>,
+) -> Result<HostFix<'a>, Refusal> {
+    if method == b"CONNECT" {
+        return Err(Refusal::Connect);
+    }
+    if host_lines > 1 {
+        return Err(Refusal::Bad("more than one Host header"));
+    }
+    if host.is_some_and(|h| !valid_host(h)) {
+        return Err(Refusal::Bad("invalid Host header"));
+    }
+    match target {
+        Target::Origin => Ok(HostFix::Keep),
+        Target::Asterisk if method == b"OPTIONS" => Ok(HostFix::Keep),
+        Target::Asterisk => Err(Refusal::Bad("a * target is only for OPTIONS")),
+        Target::Absolute { scheme, authority } => {
+            let default_port = if scheme.eq_ignore_ascii_case("http") {
+                80
+            } else if scheme.eq_ignore_ascii_case("https") {
+                443
+            } else {
+                return Err(Refusal::Bad("unsupported scheme in the request target"));
+            };
+            let authority_ok = !authority.is_empty() && valid_host(authority.as_bytes());
+            if !authority_ok {
+                return Err(Refusal::Bad("invalid request target"));
+            }
+            match host {
+                Some(h) if !same_authority(h, authority.as_bytes(), default_port) => Err(
+                    Refusal::Bad("Host does not match the request target's authority"),
+                ),
+                _ => Ok(HostFix::Authority(authority)),
+            }
+        }
+        Target::Other => Err(Refusal::Bad("invalid request target")),
+    }
+}
+
+/// Whether a request line holds a `#` (a fragment, or a method spelled
+/// with one): refused as a malformed head on both paths (see above).
+#[inline]
+pub fn has_fragment(request_line: &[u8]) -> bool {
+    request_line.contains(&b'#')
+}
+
+/// Whether `value` is a valid `Host` field value: empty (a target without
+/// an authority, RFC 9112 §3.2), or `uri-host [ ":" port ]` with a
+/// non-empty host (RFC 9110 §4.2.1, §7.2; RFC 3986 §3.2.2).
+pub fn valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let Some((host, port)) = split_host_port(value) else {
+        return false;
+    };
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+        && port.is_none_or(|p| port_number(p).is_some());
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        _ => !host.is_empty() && reg_name(host),
+    };
+    port_ok && host_ok
+}
+
+/// A reg-name or IPv4 address: unreserved, sub-delims and `%XX`.
+fn reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 2;
+            }
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `host[:port]` split at the port's colon (an IPv6 literal keeps its
+/// brackets). `None`: junk after an IPv6 literal.
+fn split_host_port(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    if value.first() == Some(&b'[') {
+        let close = value.iter().position(|&b| b == b']')?;
+        let (host, rest) = value.split_at(close + 1);
+        return match rest {
+            [] => Some((host, None)),
+            [b':', port @ ..] => Some((host, Some(port))),
+            _ => None,
+        };
+    }
+    match value.iter().position(|&b| b == b':') {
+        Some(i) => Some((&value[..i], Some(&value[i + 1..]))),
+        None => Some((value, None)),
+    }
+}
+
+/// A port's number; an empty port is the scheme's default (RFC 3986 §3.2.3).
+fn port_number(digits: &[u8]) -> Option<Option<u16>> {
+    if digits.is_empty() {
+        return Some(None);
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok().map(Some)
+}
+
+/// Whether a `Host` value names the same host and port as a target's
+/// authority: hosts compared without regard to case, a missing port being
+/// the scheme's default (RFC 9110 §4.2.3).
+fn same_authority(host: &[u8], authority: &[u8], default_port: u16) -> bool {
+    let (Some((h1, p1)), Some((h2, p2))) = (split_host_port(host), split_host_port(authority))
+    else {
+        return false;
+    };
+    let port = |p: Option<&[u8]>| match p.map(port_number) {
+        None | Some(Some(None)) => Some(default_port),
+        Some(Some(Some(n))) => Some(n),
+        Some(None) => None,
+    };
+    h1.eq_ignore_ascii_case(h2) && port(p1).is_some() && port(p1) == port(p2)
+}
+
+/// Whether the balancer closes the client connection after answering
+/// `error` itself: after the client's own failure (a refused head, a body
+/// that broke or stalled), the connection may be out of step.
+pub fn closes_connection(error: &ProxyError) -> bool {
+    matches!(
+        error,
+        ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientTimeout
+    )
+}
+
 /// Paths the balancer answers itself (status, health, metrics and the
 /// management API under `/lb/`); every other path is proxied.
 pub fn is_own_endpoint(path: &str) -> bool {
@@ -166,6 +408,7 @@ pub fn may_retry(error: &ProxyError, sent: bool, replayable: bool) -> bool {
         ProxyError::Timeout => false,
         ProxyError::NoBackend
         | ProxyError::BadRequest(_)
+        | ProxyError::MethodNotAllowed
         | ProxyError::ClientBody(_)
         | ProxyError::ClientTimeout
         | ProxyError::RateLimited { .. } => false,
@@ -195,6 +438,7 @@ pub fn blame(error: &ProxyError, client: u64) -> Option<Fault> {
         ProxyError::Timeout => Some(Fault::Timeout { client }),
         ProxyError::NoBackend
         | ProxyError::BadRequest(_)
+        | ProxyError::MethodNotAllowed
         | ProxyError::ClientBody(_)
         | ProxyError::ClientTimeout
         | ProxyError::RateLimited { .. } => None,
@@ -218,6 +462,7 @@ pub fn answer(error: &ProxyError) -> (u16, &'static str) {
         }
         ProxyError::Timeout => (504, "the backend did not answer in time"),
         ProxyError::BadRequest(why) => (400, why),
+        ProxyError::MethodNotAllowed => (405, "CONNECT is not supported"),
         ProxyError::ClientBody(_) => (400, "the request body could not be read"),
         ProxyError::ClientTimeout => (408, "the request was not received in time"),
         ProxyError::RateLimited { .. } => (429, "too many requests from this client"),
@@ -230,6 +475,16 @@ pub fn retry_after(error: &ProxyError) -> Option<u64> {
     match error {
         ProxyError::RateLimited { retry_after } => Some(*retry_after),
         _ => None,
+    }
+}
+
+/// `retry_after_secs` when it carries a `Retry-After`).
+/// Fields the balancer's answer to `error` carries besides its own (the
+/// 405's `Allow`).
+pub fn answer_fields(error: &ProxyError) -> &'static [(&'static str, &'static str)] {
+    match error {
+        ProxyError::MethodNotAllowed => &[("allow", ALLOW)],
+        _ => &[],
     }
 }
 
@@ -338,6 +593,126 @@ mod tests {
             Some(Fault::Timeout { client: 9 })
         );
         assert!(status_blames(503) && !status_blames(500) && !status_blames(429));
+    }
+
+    #[test]
+    fn host_values_are_host_and_optional_port() {
+        for ok in [
+            "",
+            "h",
+            "edge.test:8080",
+            "EXAMPLE.com",
+            "10.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "a_b-c~d",
+            "x%41y",
+            "h:",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "a b", "a, b", ":80", "h:99999", "h:8a", "[::1", "[::1]x", "u@h", "h/x", "h#", "x%4",
+            "[]",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn heads_are_checked_connect_first_then_host_then_target() {
+        use Refusal::Bad;
+        let abs = |scheme, authority| Target::Absolute { scheme, authority };
+        // (method, target, Host lines, first Host, verdict)
+        type Case<'a> = (
+            &'a [u8],
+            Target<'a>,
+            usize,
+            Option<&'a [u8]>,
+            Result<HostFix<'a>, Refusal>,
+        );
+        let cases: [Case; 12] = [
+            (b"GET", Target::Origin, 1, Some(b"h"), Ok(HostFix::Keep)),
+            (b"CONNECT", Target::Other, 2, None, Err(Refusal::Connect)),
+            (
+                b"GET",
+                Target::Origin,
+                2,
+                Some(b"h"),
+                Err(Bad("more than one Host header")),
+            ),
+            (
+                b"GET",
+                Target::Origin,
+                1,
+                Some(b"a b"),
+                Err(Bad("invalid Host header")),
+            ),
+            (
+                b"OPTIONS",
+                Target::Asterisk,
+                1,
+                Some(b"h"),
+                Ok(HostFix::Keep),
+            ),
+            (
+                b"GET",
+                Target::Asterisk,
+                1,
+                Some(b"h"),
+                Err(Bad("a * target is only for OPTIONS")),
+            ),
+            (
+                b"GET",
+                abs("http", "h"),
+                0,
+                None,
+                Ok(HostFix::Authority("h")),
+            ),
+            (
+                b"GET",
+                abs("HTTP", "H:80"),
+                1,
+                Some(b"h"),
+                Ok(HostFix::Authority("H:80")),
+            ),
+            (
+                b"GET",
+                abs("https", "h"),
+                1,
+                Some(b"h:443"),
+                Ok(HostFix::Authority("h")),
+            ),
+            (
+                b"GET",
+                abs("http", "h"),
+                1,
+                Some(b"h:8080"),
+                Err(Bad("Host does not match the request target's authority")),
+            ),
+            (
+                b"GET",
+                abs("ws", "h"),
+                1,
+                Some(b"h"),
+                Err(Bad("unsupported scheme in the request target")),
+            ),
+            (
+                b"GET",
+                Target::Other,
+                1,
+                Some(b"h"),
+                Err(Bad("invalid request target")),
+            ),
+        ];
+        for (method, target, lines, host, want) in cases {
+            assert_eq!(
+                check_head(method, target, lines, host),
+                want,
+                "{target:?} {host:?}"
+            );
+        }
+        assert!(has_fragment(b"GET /a#b HTTP/1.1") && !has_fragment(b"GET /a HTTP/1.1"));
     }
 
     #[test]

@@ -9,10 +9,22 @@
 //! wrapper watches the bytes hyper reads, follows the HTTP/1.1 framing just
 //! far enough to know where each head starts and ends (a head's end, then
 //! its `Content-Length` or chunked body), and runs its own clock while a
-//! head is incomplete. It only observes: hyper still parses everything. A
-//! connection that turns into something else (h2c, an upgrade, `CONNECT`,
-//! a head it cannot read) is left alone from then on; hyper answers a bad
-//! head itself.
+//! head is incomplete. A connection that turns into something else (h2c,
+//! an upgrade, `CONNECT`, a head it cannot read) is left alone from then
+//! on; hyper answers a bad head itself.
+//!
+//! Since it sees every byte before hyper does, it also holds two of the
+//! strict-head rules ([`crate::proxy::rules`]) that hyper's parser lets
+//! through:
+//! - a `#` in a request line (hyper's URI parser drops a fragment without
+//!   a word) becomes a DEL byte, which hyper's parser refuses: hyper
+//!   answers the head as malformed (400, close), as the fast path has it
+//!   do;
+//! - a chunked request body that [`crate::chunked`] refuses (a chunk size
+//!   over its digit bound, a bare CR, control bytes) ends at the refused
+//!   byte: hyper gets the bytes before it, then a read error, so the body
+//!   fails and the client gets the balancer's 400 and a close. hyper alone
+//!   would accept a 16-digit size and wait for exabytes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +47,8 @@ enum Phase {
     Chunked(Chunked),
     /// No longer HTTP/1.1 requests we can follow.
     Off,
+    /// A request body was refused: every further read fails.
+    Refused,
 }
 
 /// A stream whose request heads must each arrive within a deadline.
@@ -65,11 +79,15 @@ impl<T> HeadClock<T> {
         }
     }
 
-    /// Follows the framing over bytes hyper just read.
-    fn observe(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
+    /// Follows the framing over bytes hyper just read (and is about to
+    /// see), turning a request line's `#` into a byte hyper refuses.
+    /// `Some(n)`: a request body was refused at byte `n`; hyper must see
+    /// only the bytes before it.
+    fn observe(&mut self, bytes: &mut [u8]) -> Option<usize> {
+        let mut at = 0;
+        while at < bytes.len() {
             match &mut self.phase {
-                Phase::Off => return,
+                Phase::Off | Phase::Refused => return None,
                 Phase::Idle => {
                     self.phase = Phase::Head(Vec::new());
                     self.wrote = false;
@@ -77,38 +95,73 @@ impl<T> HeadClock<T> {
                 }
                 Phase::Head(head) => {
                     let before = head.len();
-                    head.extend_from_slice(bytes);
+                    head.extend_from_slice(&bytes[at..]);
+                    refuse_fragments(head, before, &mut bytes[at..]);
                     let Some(end) = head_end(head) else {
                         if head.len() > self.max_head {
                             self.phase = Phase::Off;
                         }
-                        return;
+                        return None;
                     };
                     let used = end - before;
                     self.phase = next_phase(&head[..end]);
                     self.deadline = None;
-                    bytes = &bytes[used..];
+                    at += used;
                 }
                 Phase::Length(left) => {
-                    let take = bytes
-                        .len()
-                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let take = (bytes.len() - at).min(usize::try_from(*left).unwrap_or(usize::MAX));
                     *left -= take as u64;
-                    bytes = &bytes[take..];
+                    at += take;
                     if *left == 0 {
                         self.phase = Phase::Idle;
                     }
                 }
-                Phase::Chunked(chunks) => match chunks.feed(bytes) {
+                Phase::Chunked(chunks) => match chunks.feed_locating(&bytes[at..]) {
                     Ok(used) => {
-                        bytes = &bytes[used..];
+                        at += used;
                         if chunks.is_done() {
                             self.phase = Phase::Idle;
                         }
                     }
-                    Err(_) => self.phase = Phase::Off,
+                    Err(refused) => {
+                        self.phase = Phase::Refused;
+                        return Some(at + refused);
+                    }
                 },
             }
+        }
+        None
+    }
+}
+
+/// The read error hyper gets once a request body was refused.
+fn refused_body() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "malformed chunked request body",
+    )
+}
+
+/// Turns every `#` of the request line in `head` (its bytes from `before`
+/// on are `new`, a copy about to reach hyper) into a DEL, which hyper's
+/// parser refuses in a request line: a fragment is never sent in a request
+/// (see [`crate::proxy::rules::has_fragment`]).
+fn refuse_fragments(head: &mut [u8], before: usize, new: &mut [u8]) {
+    let Some(start) = head.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return;
+    };
+    let line_end = head[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(head.len(), |n| start + n);
+    let from = start.max(before);
+    if from >= line_end || !crate::proxy::rules::has_fragment(&head[from..line_end]) {
+        return;
+    }
+    for i in from..line_end {
+        if head[i] == b'#' {
+            head[i] = 0x7f;
+            new[i - before] = 0x7f;
         }
     }
 }
@@ -170,10 +223,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadClock<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if let Phase::Refused = this.phase {
+            return Poll::Ready(Err(refused_body()));
+        }
         let filled = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.observe(&buf.filled()[filled..]);
+                if buf.filled().len() > filled {
+                    if let Some(cut) = this.observe(&mut buf.filled_mut()[filled..]) {
+                        buf.set_filled(filled + cut);
+                        if cut == 0 {
+                            return Poll::Ready(Err(refused_body()));
+                        }
+                    }
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
@@ -250,36 +313,64 @@ mod tests {
             Phase::Length(_) => "length",
             Phase::Chunked(_) => "chunked",
             Phase::Off => "off",
+            Phase::Refused => "refused",
         }
     }
 
     #[tokio::test]
     async fn heads_bodies_and_pipelined_requests_are_followed() {
         let mut c = clock();
-        c.observe(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhel");
+        c.observe(&mut b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhel".to_vec());
         assert_eq!(phase(&c), "length");
-        c.observe(b"loGET / HTTP/1.1\r\n");
+        c.observe(&mut b"loGET / HTTP/1.1\r\n".to_vec());
         assert_eq!(phase(&c), "head", "the next head began");
         assert!(c.deadline.is_some());
-        c.observe(b"Host: h\r\n\r\n");
+        c.observe(&mut b"Host: h\r\n\r\n".to_vec());
         assert_eq!(phase(&c), "idle");
         assert!(c.deadline.is_none());
         c.observe(
-            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            &mut b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                .to_vec(),
         );
         assert_eq!(phase(&c), "chunked");
-        c.observe(b"0\r\n\r\n");
+        c.observe(&mut b"0\r\n\r\n".to_vec());
         assert_eq!(phase(&c), "idle");
         c.observe(
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            &mut b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec(),
         );
         assert_eq!(phase(&c), "off");
     }
 
     #[tokio::test]
+    async fn a_fragment_in_a_request_line_becomes_a_byte_hyper_refuses() {
+        let mut c = clock();
+        let mut first = b"\r\nGET /a#".to_vec();
+        assert_eq!(c.observe(&mut first), None);
+        assert_eq!(first, b"\r\nGET /a\x7f");
+        let mut rest = b"b?c#d HTTP/1.1\r\nX-Tag: #1\r\n\r\n".to_vec();
+        assert_eq!(c.observe(&mut rest), None);
+        assert_eq!(
+            rest, b"b?c\x7fd HTTP/1.1\r\nX-Tag: #1\r\n\r\n",
+            "only the request line"
+        );
+        assert_eq!(phase(&c), "off", "hyper refuses that head");
+    }
+
+    #[tokio::test]
+    async fn a_refused_chunk_size_ends_the_bytes_hyper_sees() {
+        let mut c = clock();
+        let mut read =
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nffffffffffffffff\r\n"
+                .to_vec();
+        let body = read.len() - b"5\r\nhello\r\nffffffffffffffff\r\n".len();
+        assert_eq!(c.observe(&mut read), Some(body + 10 + 13));
+        assert_eq!(phase(&c), "refused");
+    }
+
+    #[tokio::test]
     async fn bare_lf_heads_and_leading_blank_lines_end_where_hyper_ends_them() {
         let mut c = clock();
-        c.observe(b"\r\nGET / HTTP/1.1\nHost: h\n\n");
+        c.observe(&mut b"\r\nGET / HTTP/1.1\nHost: h\n\n".to_vec());
         assert_eq!(phase(&c), "idle");
     }
 }

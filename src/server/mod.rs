@@ -3,11 +3,21 @@
 //! HTTP/1.1 with keep-alive and prior-knowledge HTTP/2 (h2c) on the same
 //! port, `Upgrade` support, limits on the request head, idle time and a
 //! client's reading, a connection budget sized from the file-descriptor
-//! limit (at the budget, new connections wait in the backlog; accept errors
-//! back off exponentially), and a graceful drain: on shutdown the listener
+//! limit, and a graceful drain: on shutdown the listener
 //! closes at once, idle connections are closed, in-flight requests get
 //! `grace` to finish, and whatever is left after that is dropped with one
 //! log line.
+//!
+//! The budget: past it a new client waits until a connection ends, and to
+//! make that soon the accept loop first asks the listener's [`ShedIdle`]
+//! (the balancer's fast path) to close idle keep-alive connections, longest
+//! idle first, as nginx does when it runs short of connections: an idle
+//! keep-alive connection may be closed at any time (clients retry on a new
+//! one), a new client has no other way in. The budget leaves a reserve of
+//! descriptors for upstream connections, health checks and DNS, so the
+//! process reaches it long before it could run out; accept errors (EMFILE
+//! all the same, when another part of the process took the rest) back off
+//! exponentially and are logged once per episode.
 //!
 //! Where the connections run: on the per-core workers when the process
 //! installed them ([`crate::threads`], the balancer binary), else on the
@@ -62,6 +72,18 @@ pub struct ServeOptions {
     /// Kept at the number of client connections open (the balancer's
     /// `/metrics` gauge), when given.
     pub open_connections: Option<Arc<AtomicUsize>>,
+    /// Closes idle connections when the budget is reached (`None`: new
+    /// clients only wait).
+    pub shed: Option<Arc<dyn ShedIdle>>,
+}
+
+/// Something that can close idle keep-alive connections to make room for
+/// new clients at the connection budget.
+pub trait ShedIdle: std::fmt::Debug + Send + Sync {
+    /// Closes up to `n` idle connections, the longest idle first; returns
+    /// how many it closed at once (others it asked to close may follow
+    /// shortly).
+    fn shed_idle(&self, n: usize) -> usize;
 }
 
 /// A plain 408, for listeners that bring no answer of their own.
@@ -80,6 +102,7 @@ impl Default for ServeOptions {
             max_connections: None,
             head_timeout_answer: plain_408,
             open_connections: None,
+            shed: None,
         }
     }
 }
@@ -317,31 +340,21 @@ pub async fn serve_with<M, H>(
     });
     let graceful = GracefulShutdown::new();
     let workers = threads::installed();
-    let max = opts.max_connections.unwrap_or_else(connection_budget);
+    let fits = connection_budget();
+    let max = opts.max_connections.unwrap_or(fits);
+    if max > fits {
+        tracing::warn!(
+            max_client_connections = max,
+            fits,
+            "MAX_CLIENT_CONNECTIONS is above what the file-descriptor limit leaves room for"
+        );
+    }
     let budget = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
     tracing::debug!(max_connections = max, "connection budget");
     let mut backoff = Backoff::default();
+    let mut full = Full::new(max);
 
     loop {
-        // At the budget, wait for a connection to end (new ones wait in the
-        // kernel's backlog) instead of failing on EMFILE later.
-        let permit = match Arc::clone(&budget).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::warn!(
-                    max_connections = max,
-                    "connection budget reached: new connections wait"
-                );
-                tokio::select! {
-                    biased;
-                    () = shutdown.wait() => break,
-                    p = Arc::clone(&budget).acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                }
-            }
-        };
         let (stream, peer) = tokio::select! {
             biased;
             () = shutdown.wait() => break,
@@ -353,11 +366,37 @@ pub async fn serve_with<M, H>(
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     let wait = backoff.failed(&e);
-                    drop(permit);
                     tokio::time::sleep(wait).await;
                     continue;
                 }
             },
+        };
+        // Its place in the budget. At the budget, close idle connections
+        // to make room, then wait for one to end (one accepted client waits
+        // here, holding one descriptor of the reserve; the rest wait in the
+        // kernel's backlog).
+        let permit = match Arc::clone(&budget).try_acquire_owned() {
+            Ok(p) => {
+                full.ended(budget.available_permits());
+                p
+            }
+            Err(_) => {
+                let permit = loop {
+                    full.reached(opts.shed.as_deref());
+                    // Shed again until there is room: connections too
+                    // recently idle to close now may be closed next time.
+                    tokio::select! {
+                        biased;
+                        () = shutdown.wait() => break None,
+                        p = Arc::clone(&budget).acquire_owned() => break p.ok(),
+                        () = tokio::time::sleep(SHED_AGAIN) => {}
+                    }
+                };
+                match permit {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let http = Arc::clone(&http);
@@ -388,6 +427,50 @@ pub async fn serve_with<M, H>(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(opts.grace) => {
             tracing::warn!(grace = ?opts.grace, "grace period over, dropping the connections still open");
+        }
+    }
+}
+
+/// How often a new client waiting at the budget asks for idle connections
+/// to close again.
+const SHED_AGAIN: Duration = Duration::from_millis(100);
+
+/// An episode at the connection budget: one warning when it starts, one
+/// line when it ends, and the idle connections closed in between.
+#[derive(Debug)]
+struct Full {
+    max: usize,
+    /// Idle connections closed so far in this episode (`None`: not at the
+    /// budget).
+    shed: Option<usize>,
+}
+
+impl Full {
+    fn new(max: usize) -> Self {
+        Full { max, shed: None }
+    }
+
+    /// A new client found the budget full: close idle connections (at most
+    /// an eighth of the budget, at most 32 at a time, as nginx's
+    /// `ngx_drain_connections` does), longest idle first.
+    fn reached(&mut self, shed: Option<&dyn ShedIdle>) {
+        if self.shed.is_none() {
+            tracing::warn!(
+                max_connections = self.max,
+                "connection budget reached: closing idle keep-alive connections, new clients wait for room"
+            );
+        }
+        let closed = shed.map_or(0, |s| s.shed_idle((self.max / 8).clamp(1, 32)));
+        self.shed = Some(self.shed.unwrap_or(0) + closed);
+    }
+
+    /// A new client found room, `free` places left: the episode ends
+    /// once an eighth of the budget is free again (no flapping at the
+    /// edge).
+    fn ended(&mut self, free: usize) {
+        if self.shed.is_some() && free >= (self.max / 8).max(1) {
+            let closed = self.shed.take().unwrap_or(0);
+            tracing::info!(idle_closed = closed, "below the connection budget again");
         }
     }
 }
@@ -491,12 +574,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 }
 
+/// The listen backlog: where new clients wait while the accept loop is at
+/// its budget or backing off. tokio's `bind` asks for 128, which a burst
+/// overflows at once (clients whose SYN is dropped retry after 1, 3, 7 s);
+/// the kernel caps it at `net.core.somaxconn` (4,096 on current Linux),
+/// as it does nginx's `backlog` and HAProxy's.
+const BACKLOG: u32 = 4096;
+
 /// Binds a listener, naming the address in the error (ports in use are the
 /// most common start-up failure).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's and tokio's own `bind` do on Unix: a restarted server
+        // rebinds its port while old connections linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 /// Exit status for a bad configuration value.

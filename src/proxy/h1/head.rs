@@ -40,6 +40,9 @@ pub enum Request {
     /// an `h2c` upgrade, `Expect`, a chunked or large body, a malformed head (hyper
     /// answers it properly), one of the balancer's own pages.
     Unusual,
+    /// A head the rules refuse ([`rules::check_head`]): answered by the
+    /// balancer, then the connection closes.
+    Refused(rules::Refusal),
     Ready(RequestHead),
 }
 
@@ -77,12 +80,17 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Request::Unusual;
     };
-    let own_page = rules::is_own_endpoint(path.split_once('?').map_or(path, |(p, _)| p));
-    if !path.starts_with('/') || own_page {
+    // Other target forms, and a `#` (refused as a malformed head, which
+    // hyper answers: see rules), are hyper's.
+    if !path.starts_with('/')
+        || rules::has_fragment(path.as_bytes())
+        || rules::has_fragment(method.as_bytes())
+    {
         return Request::Unusual;
     }
 
     let mut host = None;
+    let mut host_lines = 0;
     let mut body_len = None;
     let mut close = false;
     let mut idempotency_key = false;
@@ -97,9 +105,8 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
         } else if name.len() == 2 && name.eq_ignore_ascii_case("te") {
             te_trailers |= tokens(line.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         } else if name.eq_ignore_ascii_case("host") {
-            if host.replace(line.value).is_some() {
-                return Request::Unusual;
-            }
+            host_lines += 1;
+            host.get_or_insert(line.value);
         } else if name.eq_ignore_ascii_case("content-length") {
             match content_length(line.value) {
                 Some(n) if n <= max_body as u64 && body_len.is_none() => {
@@ -131,6 +138,13 @@ pub fn request(buf: &[u8], client: IpAddr, max_body: usize, out: &mut Vec<u8>) -
                 }
             }
         }
+    }
+    let target = rules::Target::Origin;
+    if let Err(refusal) = rules::check_head(method.as_bytes(), target, host_lines, host) {
+        return Request::Refused(refusal);
+    }
+    if rules::is_own_endpoint(path.split_once('?').map_or(path, |(p, _)| p)) {
+        return Request::Unusual;
     }
     // HTTP/1.1 requires Host: hyper answers its absence with a 400.
     let Some(host) = host else {
@@ -476,12 +490,28 @@ pub fn own_response(
     close: bool,
     out: &mut Vec<u8>,
 ) {
+    own_response_with(status, reason, content_type, &[], body, close, out);
+}
+
+/// [`own_response`] with `fields` added to its head.
+pub fn own_response_with(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    fields: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     let _ = write!(
         out,
         "HTTP/1.1 {status:03} {reason}\r\ncontent-type: {content_type}\r\ncache-control: no-store\r\ncontent-length: {}\r\n",
         body.len()
     );
+    for (name, value) in fields {
+        push_line(out, name.as_bytes(), value.as_bytes());
+    }
     push_date(out);
     if close {
         out.extend_from_slice(b"connection: close\r\n");

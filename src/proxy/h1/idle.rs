@@ -12,6 +12,9 @@
 //!
 //! Open tunnels ([`crate::proxy::tunnel`]) have a clock of their own, of
 //! the same kind but with ticks of up to a minute ([`IdleClock::with_max_tick`]).
+//!
+//! At the connection budget the accept loop may ask for idle connections to
+//! close ([`IdleClock::shed_waiting`]): those not parked yet close at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -35,6 +38,9 @@ pub struct IdleClock {
     /// Ticks in one idle timeout (rounded up).
     timeout_ticks: u64,
     ticks: AtomicU64,
+    /// Connections idle since a tick before this one close (see
+    /// [`IdleClock::shed_waiting`]).
+    shed_before: AtomicU64,
     draining: AtomicBool,
     notify: Notify,
 }
@@ -55,6 +61,7 @@ impl IdleClock {
             tick,
             timeout_ticks: u64::try_from(timeout_ticks).unwrap_or(u64::MAX),
             ticks: AtomicU64::new(0),
+            shed_before: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             notify: Notify::new(),
         }
@@ -80,6 +87,21 @@ impl IdleClock {
     /// timeout has passed for certain, or the drain began.
     pub fn expired(&self, since: u64) -> bool {
         self.draining() || self.now().saturating_sub(since) > self.timeout_ticks
+    }
+
+    /// Asks every connection idle since before the current tick and not
+    /// parked to close (the budget needs room; see `server`), and wakes
+    /// them. Not those that went idle within this tick: among them is the
+    /// connection just accepted, whose request is on its way.
+    pub fn shed_waiting(&self) {
+        self.shed_before.fetch_max(self.now(), Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether a connection idle since tick `since` was asked to close by
+    /// [`IdleClock::shed_waiting`].
+    pub fn is_shed(&self, since: u64) -> bool {
+        since < self.shed_before.load(Relaxed)
     }
 
     /// Whether a connection idle since tick `since` has been idle long

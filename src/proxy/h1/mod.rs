@@ -117,6 +117,28 @@ impl FastPath {
     }
 }
 
+/// At the connection budget: the longest-parked connections close first;
+/// when too few are parked, so do the idle ones not parked yet. (Idle
+/// connections hyper serves are not reached: h2c, HTTP/1.0 and trusted
+/// proxies' connections wait for their own idle timeout.)
+impl crate::server::ShedIdle for FastPath {
+    fn shed_idle(&self, n: usize) -> usize {
+        let closed = self.parking.shed_oldest(n);
+        if closed < n {
+            self.idle.shed_waiting();
+        }
+        closed
+    }
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("parking", &self.parking)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Serves balancer connections: the fast path first, hyper when needed.
 pub struct Connection(pub Arc<FastPath>);
 
@@ -219,7 +241,7 @@ async fn wait_for_request(clock: &IdleClock, stream: &TcpStream, may_park: bool)
     let since = clock.now();
     loop {
         let tick = clock.next();
-        if clock.expired(since) {
+        if clock.expired(since) || clock.is_shed(since) {
             return Wait::Close;
         }
         if may_park && clock.may_park(since) {
@@ -307,6 +329,11 @@ async fn exchange(
             }
             head::Request::Ready(head) => break head,
             head::Request::Unusual => return Next::Hyper(input.into_vec()),
+            head::Request::Refused(refusal) => {
+                own_answer(&refusal.into(), true, &mut request);
+                let _ = write_client(stream, &request, limits).await;
+                return Next::Close;
+            }
             // Too big for us: hyper answers 431.
             head::Request::Partial if input.len() >= limits.max_header_bytes => {
                 return Next::Hyper(input.into_vec());
@@ -408,21 +435,22 @@ fn own_answer(error: &ProxyError, close: bool, out: &mut Vec<u8>) {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     let body = rules::answer_body(error);
-    head::own_response(
+    // A rare answer (a 429 at most as often as its client asks): the small
+    // list of extra fields costs nothing that matters.
+    let retry_after = rules::retry_after(error).map(|secs| secs.to_string());
+    let mut fields = rules::answer_fields(error).to_vec();
+    if let Some(secs) = &retry_after {
+        fields.push(("retry-after", secs.as_str()));
+    }
+    head::own_response_with(
         status,
         reason,
         "application/json",
+        &fields,
         body.as_bytes(),
-        close,
+        close || rules::closes_connection(error),
         out,
     );
-    if let Some(secs) = rules::retry_after(error) {
-        // Before the blank line that ends the head (a rare answer: the
-        // copy costs nothing that matters).
-        let at = out.len() - body.len() - 2;
-        let line = format!("retry-after: {secs}\r\n");
-        out.splice(at..at, line.bytes());
-    }
 }
 
 /// The 408 a client too slow with its request head gets, on either path

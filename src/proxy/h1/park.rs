@@ -12,8 +12,9 @@
 //! a task spawn), never a busy keep-alive client. This is how nginx keeps an
 //! idle connection near half a kilobyte.
 //!
-//! The lot also closes parked connections whose idle timeout ran out, and all
-//! of them when the drain begins. It knows nothing of how a connection is
+//! The lot also closes parked connections whose idle timeout ran out, all
+//! of them when the drain begins, and the longest idle when the accept loop
+//! needs room for a new client ([`ParkingLot::shed_oldest`]). It knows nothing of how a connection is
 //! served: whoever starts it passes the [`Resume`] that gives a woken
 //! connection its task back.
 
@@ -160,6 +161,31 @@ impl ParkingLot {
         }
         self.count.fetch_add(1, Relaxed);
         Ok(())
+    }
+
+    /// Closes the `n` connections parked longest (all of them if fewer
+    /// are parked); returns how many it closed. Their places in the
+    /// connection budget are free when this returns.
+    pub fn shed_oldest(&self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let mut slots = self.slots();
+        let mut parked: Vec<(u64, usize)> = slots
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(key, e)| e.as_ref().map(|p| (p.since, key)))
+            .collect();
+        if parked.len() > n {
+            parked.select_nth_unstable(n - 1);
+            parked.truncate(n);
+        }
+        let closed = parked.len();
+        for (_, key) in parked {
+            drop(self.take(&mut slots, key));
+        }
+        closed
     }
 
     fn take(&self, slots: &mut Slots, key: usize) -> Option<Parked> {
