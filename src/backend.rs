@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::health::HealthCell;
 use crate::health::outlier::{Admit, Outlier, View};
 use crate::select::{Load, SelectOptions, Selector, Strategy, Target};
-use crate::stats::BackendMetrics;
+use crate::stats::latency::BackendMetrics;
 use crate::upstream::ConnPool;
 
 /// One entry of `BACKEND_HOSTS`: `host:port`, optionally `=weight`

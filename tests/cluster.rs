@@ -135,13 +135,19 @@ async fn cluster_starts_supervises_and_stops_cleanly() {
     let out = collect(cluster.stdout.take());
     let err = collect(cluster.stderr.take());
 
-    // The balancer lists N healthy backends.
+    // The balancer lists N healthy backends, each of them checked: until
+    // its first check a new backend counts as up, and an instance still
+    // opening its database answers that check 503.
     let status = support::wait_for(
-        "N healthy backends on /lb",
+        "N checked, healthy backends on /lb",
         Duration::from_secs(60),
         || async {
             let (s, b) = api::call(addr(lb), "GET", "/lb/status", None).await.ok()?;
-            (s == StatusCode::OK && b["healthy"] == N).then_some(b)
+            let checked = b["backends"]
+                .as_array()?
+                .iter()
+                .all(|b| b["last_check"].is_string());
+            (s == StatusCode::OK && b["healthy"] == N && checked).then_some(b)
         },
     )
     .await;

@@ -437,8 +437,16 @@ async fn least_connections_avoids_a_worker_holding_long_jobs() {
     for t in tasks {
         t.await.unwrap();
     }
-    // Round robin would have sent half (20) to the slow worker.
-    assert!(slow.received() <= 8, "slow got {} of 40", slow.received());
+    // Round robin would have sent half (20) to the slow worker. Least
+    // connections sends it one only when the fast worker holds as many jobs
+    // in flight, which happens more often when the machine is busy (9 of 40
+    // seen on a loaded CI machine, 3-6 on a quiet one): under a third is
+    // the property, whatever the load.
+    assert!(
+        slow.received() < 40 / 3,
+        "slow got {} of 40",
+        slow.received()
+    );
     assert_eq!(slow.received() + fast.received(), 40);
 }
 

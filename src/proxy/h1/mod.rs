@@ -34,7 +34,7 @@ pub(crate) mod buf;
 pub mod head;
 /// The chunked-body scanner (shared with the accept loop's head clock).
 pub use crate::chunked;
-mod idle;
+pub(crate) mod idle;
 mod park;
 
 pub use idle::IdleClock;
