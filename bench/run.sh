@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of hashgate against HAProxy and nginx on loopback.
 #
-#   bench/run.sh            full run (about 14 minutes on 2 cores)
+#   bench/run.sh            full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    smoke test: one round, short phases (about 2 minutes)
 #
 # Environment overrides: ROUNDS, DURATION, WARMUP (seconds), IDLE_CONNS,
