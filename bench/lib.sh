@@ -64,6 +64,11 @@ raise_fd_limit() {
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 }
 
+# Every candidate runs under the same file-descriptor limit (soft and hard),
+# whatever the machine allows the script: what the WebSocket scale step
+# fits (about 9,000 tunnels, two descriptors each) depends on it.
+CANDIDATE_FD_LIMIT=${CANDIDATE_FD_LIMIT:-20000}
+
 # --- processes ---------------------------------------------------------------
 
 STARTED=()
@@ -181,6 +186,10 @@ backend_list() {
     echo "${hosts[*]}"
 }
 
+# A command prefix: what follows runs under CANDIDATE_FD_LIMIT descriptors
+# (or the hard limit, when that is lower), exec'd, so its pid stays ours.
+FD_LIMITED=(bash -c 'ulimit -n "$0" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"' "$CANDIDATE_FD_LIMIT")
+
 # start_candidate NAME: start it on LB_PORT and wait until it proxies.
 # NAME is direct, haproxy-N, nginx-N or hashgate-N (N threads/workers).
 start_candidate() {
@@ -195,11 +204,11 @@ start_candidate() {
             ;;
         haproxy)
             sed -e "s|@THREADS@|$n|g" "$BENCH/haproxy.cfg" >"$RUN/haproxy.cfg"
-            bg "$RUN/$name.log" "$cpus" haproxy -db -f "$RUN/haproxy.cfg"
+            bg "$RUN/$name.log" "$cpus" "${FD_LIMITED[@]}" haproxy -db -f "$RUN/haproxy.cfg"
             ;;
         nginx)
             sed -e "s|@WORKERS@|$n|g" -e "s|@DIR@|$RUN|g" "$BENCH/nginx-lb.conf" >"$RUN/nginx-lb.conf"
-            bg "$RUN/$name.log" "$cpus" \
+            bg "$RUN/$name.log" "$cpus" "${FD_LIMITED[@]}" \
                 nginx -p "$RUN" -c "$RUN/nginx-lb.conf" -e "$RUN/lb-error.log" -g 'daemon off;'
             ;;
         hashgate | hashgateprev)
@@ -207,7 +216,7 @@ start_candidate() {
             # to measure a change against the commit before it, interleaved.
             local bin=$ROOT/target/release/balancer
             [[ $kind == hashgateprev ]] && bin=${HASHGATE_PREV_BIN:?set HASHGATE_PREV_BIN to a balancer binary}
-            bg "$RUN/$name.log" "$cpus" env RUST_LOG=warn BALANCER_HOST=127.0.0.1 \
+            bg "$RUN/$name.log" "$cpus" "${FD_LIMITED[@]}" env RUST_LOG=warn BALANCER_HOST=127.0.0.1 \
                 BALANCER_PORT="$LB_PORT" BACKEND_HOSTS="$(backend_list)" \
                 HEALTH_INTERVAL_SECS=30 WORKER_THREADS="$n" "$bin"
             ;;
@@ -254,6 +263,16 @@ candidate_pss_kb() {
     for pid in $(candidate_pids); do
         kb=$(awk '/^Pss:/ { print $2; exit }' "/proc/$pid/smaps_rollup" 2>/dev/null ||
             awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+
+# Resident set size (kB) of the candidate's processes.
+candidate_rss_kb() {
+    local total=0 pid kb
+    for pid in $(candidate_pids); do
+        kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
         total=$((total + ${kb:-0}))
     done
     echo "$total"

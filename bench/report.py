@@ -28,6 +28,8 @@ LABEL = {
     "hashgateprev-1": "hashgate (HASHGATE_PREV_BIN), 1 thread",
     "hashgateprev-2": "hashgate (HASHGATE_PREV_BIN), 2 threads",
 }
+# The WebSocket tables' labels: there the client is ws.py, not wrk.
+WS_LABEL = {**LABEL, "direct": "direct (client -> backend)"}
 
 
 def rows(path):
@@ -142,10 +144,9 @@ def http_table(path, hz):
     return out
 
 
-def memory_table(idle_path, ws_path):
+def memory_table(idle_path):
     idle = {r[0]: r for r in rows(idle_path)}
-    ws = {r[0]: r for r in rows(ws_path)}
-    if not idle and not ws:
+    if not idle:
         return []
 
     def idle_bytes(c):
@@ -154,52 +155,157 @@ def memory_table(idle_path, ws_path):
         _, opened, _errors, _alive, before, after = idle[c]
         return (int(after) - int(before)) * 1024 / int(opened) if int(opened) else None
 
-    def ws_bytes(c):
-        if c not in ws or c == "direct":
-            return None
-        r = ws[c]
-        return (int(r[10]) - int(r[9])) * 1024 / int(r[1]) if int(r[1]) else None
-
     out = [
-        "| candidate | idle conns open / alive / errors | bytes per idle conn | × HAProxy | × nginx "
-        "| WS tunnels open / errors | bytes per tunnel | RTT 1 tunnel p50 / p99 µs "
-        "| all tunnels msgs/s | all tunnels RTT p50 / p99 µs |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| candidate | idle conns open / alive / errors | bytes per idle conn | × HAProxy | × nginx |",
+        "|---|--:|--:|--:|--:|",
     ]
-    for c in ordered(set(idle) | set(ws)):
+    for c in ordered(set(idle)):
         n = c.rsplit("-", 1)[-1]
         b = idle_bytes(c)
-        cells = [LABEL.get(c, c)]
-        if c in idle:
-            _, opened, errors, alive, _b, _a = idle[c]
-            cells += [
-                f"{opened} / {alive} / {errors}",
-                fmt(b, ",.0f"),
-                ratio(b, idle_bytes(peer(c))) if peer(c) else "—",
-                ratio(b, idle_bytes("nginx-" + n)) if peer(c) else "—",
-            ]
-        else:
-            cells += ["—"] * 4
-        if c in ws:
-            r = ws[c]
-            cells += [
-                f"{r[1]} / {int(r[2]) + int(r[3])}",
-                fmt(ws_bytes(c), ",.0f"),
-                f"{r[4]} / {r[5]}",
-                f"{int(r[8]):,}",
-                f"{r[6]} / {r[7]}",
-            ]
-        else:
-            cells += ["—"] * 5
-        out.append("| " + " | ".join(cells) + " |")
+        _, opened, errors, alive, _b, _a = idle[c]
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    LABEL.get(c, c),
+                    f"{opened} / {alive} / {errors}",
+                    fmt(b, ",.0f"),
+                    ratio(b, idle_bytes(peer(c))) if peer(c) else "—",
+                    ratio(b, idle_bytes("nginx-" + n)) if peer(c) else "—",
+                ]
+            )
+            + " |"
+        )
+    return out
+
+
+def spread(values, spec):
+    """`median (min–max)`, or the value alone for one round."""
+    if not values:
+        return "—"
+    med = format(statistics.median(values), spec)
+    if len(values) == 1:
+        return med
+    return f"{med} ({format(min(values), spec)}–{format(max(values), spec)})"
+
+
+def ws_stats(ws_path, hz):
+    by = defaultdict(list)
+    for r in rows(ws_path):
+        (cand, _round, opened, open_errors, before, after, i50, i99, i999, b50, b99, b999,
+         mps, r50, r99, errors, probe_errors, msgs, ticks) = r
+        n = int(opened)
+        by[cand].append(
+            dict(
+                opened=n,
+                errors=int(open_errors) + int(errors) + int(probe_errors),
+                bytes=(int(after) - int(before)) * 1024 / n if n and cand != "direct" else None,
+                idle=(int(i50), int(i99), int(i999)),
+                busy=(int(b50), int(b99), int(b999)),
+                mps=int(mps),
+                burst=(int(r50), int(r99)),
+                per_core=int(msgs) / (int(ticks) / hz) if int(ticks) and cand != "direct" else None,
+            )
+        )
+    return by
+
+
+def ws_table(ws_path, hz):
+    by = ws_stats(ws_path, hz)
+    if not by:
+        return []
+    med = {
+        c: dict(
+            bytes=statistics.median(r["bytes"] for r in runs) if runs[0]["bytes"] is not None else None,
+            idle99=statistics.median(r["idle"][1] for r in runs),
+            busy99=statistics.median(r["busy"][1] for r in runs),
+            mps=statistics.median(r["mps"] for r in runs),
+            per_core=(
+                statistics.median(r["per_core"] for r in runs if r["per_core"])
+                if any(r["per_core"] for r in runs)
+                else None
+            ),
+        )
+        for c, runs in by.items()
+    }
+
+    def best_peer_mps(c):
+        n = c.rsplit("-", 1)[-1]
+        peers = [med[p]["mps"] for p in (f"haproxy-{n}", f"nginx-{n}") if p in med]
+        return max(peers) if peers else None
+
+    out = [
+        "| candidate | tunnels open / errors | bytes per idle tunnel | × HAProxy "
+        "| 1 tunnel RTT, others idle: p50 / p99 / p99.9 µs | p99 × HAProxy "
+        "| 1 tunnel RTT, all busy: p50 / p99 / p99.9 µs | p99 × HAProxy "
+        "| all tunnels at once: msgs/s | × best peer | their RTT p50 / p99 µs "
+        "| msgs per candidate core-s | × HAProxy |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for c in ordered(by):
+        runs = by[c]
+        m, h = med[c], med.get(peer(c)) if peer(c) else None
+
+        def triple(k):
+            return " / ".join(f"{statistics.median(r[k][i] for r in runs):,.0f}" for i in range(3))
+
+        def p99_range(k):
+            if len(runs) == 1:
+                return ""
+            return f" (p99 {min(r[k][1] for r in runs):,}–{max(r[k][1] for r in runs):,})"
+
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    WS_LABEL.get(c, c),
+                    f"{min(r['opened'] for r in runs)} / {sum(r['errors'] for r in runs)}",
+                    spread([r["bytes"] for r in runs if r["bytes"] is not None], ",.0f"),
+                    ratio(m["bytes"], h and h["bytes"]),
+                    triple("idle") + p99_range("idle"),
+                    ratio(m["idle99"], h and h["idle99"]),
+                    triple("busy") + p99_range("busy"),
+                    ratio(m["busy99"], h and h["busy99"]),
+                    spread([r["mps"] for r in runs], ",.0f"),
+                    ratio(m["mps"], best_peer_mps(c)) if c != "direct" else "—",
+                    " / ".join(f"{statistics.median(r['burst'][i] for r in runs):,.0f}" for i in range(2)),
+                    spread([r["per_core"] for r in runs if r["per_core"]], ",.0f"),
+                    ratio(m["per_core"], h and h["per_core"]),
+                ]
+            )
+            + " |"
+        )
+    return out
+
+
+def ws_scale_table(path):
+    data = rows(path)
+    if not data:
+        return []
+    out = [
+        "| candidate | tunnels open / open errors / failed echoes | messages echoed | msgs/s "
+        "| RSS before → all open (MB) | Pss growth per tunnel (bytes) |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in sorted(data, key=lambda r: ORDER.index(r[0]) if r[0] in ORDER else 99):
+        cand, opened, open_errors, failed, before, after, rss_before, rss_after, msgs, mps = r
+        n = int(opened)
+        per = (int(after) - int(before)) * 1024 / n if n and cand != "direct" else None
+        rss = "—" if cand == "direct" else f"{int(rss_before) / 1024:.1f} → {int(rss_after) / 1024:.1f}"
+        out.append(
+            f"| {WS_LABEL.get(cand, cand)} | {opened} / {open_errors} / {failed} | {int(msgs):,} "
+            f"| {int(mps):,} | {rss} | {fmt(per, ',.0f')} |"
+        )
     return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    for name in ["http", "idle", "ws", "command", "load-before", "load-after", "pinning", "hashgate-rev"]:
+    for name in ["http", "idle", "ws", "ws-scale", "command", "load-before", "load-after", "pinning", "hashgate-rev"]:
         ap.add_argument("--" + name, default="")
-    for name in ["rounds", "duration", "warmup", "idle-conns", "ws-tunnels", "ws-messages", "elapsed", "hz"]:
+    for name in ["rounds", "duration", "warmup", "idle-conns", "ws-tunnels", "ws-messages", "ws-rounds",
+                 "ws-probe", "ws-busy-rate", "ws-scale-tunnels", "ws-scale-messages", "fd-limit",
+                 "elapsed", "hz"]:
         ap.add_argument("--" + name, type=int, default=0)
     a = ap.parse_args()
 
@@ -224,16 +330,29 @@ def main():
         f"- Phase 2: {a.idle_conns} keep-alive client connections, one request each, then "
         "held idle; bytes per connection = Pss delta of the candidate's processes / open",
         f"- Phase 3: {a.ws_tunnels} WebSocket tunnels to a stdlib asyncio echo backend "
-        f"(bench/ws.py); bytes per tunnel = Pss delta / open; RTT of one tunnel with "
-        f"the others idle, then every tunnel sending {a.ws_messages} messages at once "
-        "(the Python client is the bottleneck there: compare with `direct`)",
+        f"(bench/ws.py), {a.ws_rounds} round(s), candidates interleaved; bytes per idle tunnel = "
+        f"Pss delta / open; one more tunnel, from a probe process of its own, times "
+        f"{a.ws_probe} round trips one at a time while the others are idle, then while they "
+        f"carry {a.ws_busy_rate:,} paced messages/s in all; then every tunnel ping-pongs "
+        f"{a.ws_messages} messages at once, closed loop (the Python client and backend share "
+        "the machine's two cores with the candidate: compare with `direct`), with the "
+        "candidate's CPU time meanwhile (user+system; messages per core-second counts round "
+        "trips, two frames relayed each). Medians over the rounds, (min–max) where there are "
+        "several",
+        f"- Scale step: {a.ws_scale_tunnels} tunnels open at once through each candidate, all "
+        f"processes under a {a.fd_limit}-descriptor limit, each echoing {a.ws_scale_messages} "
+        "messages; RSS and Pss of the candidate's processes before and with all of them open",
         "",
         "## Throughput, latency, CPU",
         "",
     ]
     lines += http_table(a.http, a.hz or 100) or ["(phase not run)"]
-    lines += ["", "## Memory and WebSocket", ""]
-    lines += memory_table(a.idle, a.ws) or ["(phases not run)"]
+    lines += ["", "## Memory per idle keep-alive connection", ""]
+    lines += memory_table(a.idle) or ["(phase not run)"]
+    lines += ["", "## WebSocket tunnels", ""]
+    lines += ws_table(a.ws, a.hz or 100) or ["(phase not run)"]
+    lines += ["", "### Scale step", ""]
+    lines += ws_scale_table(a.ws_scale) or ["(not run)"]
     print("\n".join(lines))
 
 

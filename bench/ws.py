@@ -1,30 +1,42 @@
 #!/usr/bin/env python3
-"""A minimal WebSocket (RFC 6455) echo backend and load client, stdlib only.
+"""A minimal WebSocket (RFC 6455) echo backend and load clients, stdlib only.
 
     ws.py server PORT [PORT...]
         Echo backends. A plain HTTP request (health checks, /) gets 200 "ok".
-    ws.py client HOST PORT TUNNELS MESSAGES HOLD_SECS
-        Opens TUNNELS WebSocket tunnels through HOST:PORT, prints
-        `OPEN open=<n> errors=<n>`, holds them HOLD_SECS (the caller measures
-        memory), then measures per-message round trips twice: one tunnel
-        ping-ponging MESSAGES*10 messages while the others sit idle, and every
-        tunnel ping-ponging MESSAGES messages at once. Prints one RESULT line.
+    ws.py load HOST PORT TUNNELS
+        Opens TUNNELS WebSocket tunnels through HOST:PORT and prints
+        `OPEN open=<n> errors=<n>`, then obeys commands, one per line on
+        stdin (the caller measures memory and latency between them):
+          busy RATE   every tunnel sends paced messages, RATE per second in
+                      all, until the next command; prints `BUSY`
+          idle        stops that, waits for the echoes, prints
+                      `IDLE sent=<n> received=<n> errors=<n>`
+          burst N     every tunnel ping-pongs N messages at once (closed
+                      loop); prints `BURST msgs=<n> failed=<n> msgs_per_s=<n>
+                      p50=<us> p99=<us>`
+          quit        closes the tunnels and exits
+    ws.py probe HOST PORT COUNT
+        Opens one more tunnel, ping-pongs COUNT messages on it, one at a
+        time, and prints `PROBE n=<n> errors=<n> p50=<us> p99=<us>
+        p999=<us>`: one tunnel's round trip, whatever the others do.
 
-Only small text frames are used, so only the 7-bit and 16-bit length forms
-matter; the parser accepts every form anyway.
+The probe runs in a process of its own, so its round trips do not queue
+behind the load's own Python work. Only small text frames are used, so only
+the 7-bit and 16-bit length forms matter; the parser accepts every form.
 """
 
 import asyncio
 import base64
 import hashlib
 import os
-import statistics
 import sys
 import time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 PAYLOAD = b"x" * 32
 OPEN_AT_ONCE = 200
+# The paced sender's tick: RATE/100 messages every 10 ms.
+PACE = 0.01
 
 
 def unmask(data, mask):
@@ -136,45 +148,118 @@ def pct(values, q):
     return s[min(len(s) - 1, int(len(s) * q / 100))] * 1e6 if s else float("nan")
 
 
-async def client(host, port, n, messages, hold):
+async def open_all(host, port, n):
     sem = asyncio.Semaphore(OPEN_AT_ONCE)
     results = await asyncio.gather(
         *(open_tunnel(host, port, sem) for _ in range(n)), return_exceptions=True
     )
     tunnels = [r for r in results if not isinstance(r, BaseException)]
     errors = [r for r in results if isinstance(r, BaseException)]
-    print(f"OPEN open={len(tunnels)} errors={len(errors)}", flush=True)
     if errors:
         print(f"first error: {errors[0]!r}", file=sys.stderr)
-    await asyncio.sleep(hold)
-    single, every = [], []
-    failed = 0
-    if tunnels:
-        await ping_pong(tunnels[0], messages * 10, single)
-        t0 = time.perf_counter()
-        outcomes = await asyncio.gather(
-            *(ping_pong(t, messages, every) for t in tunnels), return_exceptions=True
-        )
-        elapsed = time.perf_counter() - t0
-        failed = sum(1 for o in outcomes if isinstance(o, BaseException))
-    else:
-        elapsed = float("nan")
-    print(
-        f"RESULT open={len(tunnels)} open_errors={len(errors)} failed={failed} "
-        f"single_p50={pct(single, 50):.0f} single_p99={pct(single, 99):.0f} "
-        f"all_p50={pct(every, 50):.0f} all_p99={pct(every, 99):.0f} "
-        f"all_msgs_per_s={len(every) / elapsed:.0f} median_single={statistics.median(single) * 1e6 if single else 0:.0f}",
-        flush=True,
-    )
+    return tunnels, len(errors)
+
+
+class Busy:
+    """Paced load: RATE messages a second over every tunnel in turn, each
+    tunnel's echoes read by a reader of its own."""
+
+    def __init__(self, tunnels, rate):
+        self.tunnels, self.rate = tunnels, rate
+        self.sent = self.received = self.errors = 0
+        self.readers = [asyncio.create_task(self.read(t)) for t in tunnels]
+        self.pacer = asyncio.create_task(self.pace())
+
+    async def read(self, tunnel):
+        reader, _ = tunnel
+        try:
+            while True:
+                await read_frame(reader)
+                self.received += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - counted
+            self.errors += 1
+
+    async def pace(self):
+        per_tick = max(1, round(self.rate * PACE))
+        i, start, ticks = 0, time.perf_counter(), 0
+        while True:
+            for _ in range(per_tick):
+                _, writer = self.tunnels[i % len(self.tunnels)]
+                writer.write(frame(0x1, PAYLOAD, True))
+                self.sent += 1
+                i += 1
+            ticks += 1
+            await asyncio.sleep(max(0, start + ticks * PACE - time.perf_counter()))
+
+    async def stop(self):
+        self.pacer.cancel()
+        deadline = time.perf_counter() + 10
+        while self.received + self.errors < self.sent and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        for r in self.readers:
+            r.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+
+
+async def load(host, port, n):
+    tunnels, open_errors = await open_all(host, port, n)
+    print(f"OPEN open={len(tunnels)} errors={open_errors}", flush=True)
+    loop = asyncio.get_running_loop()
+    busy = None
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        if cmd[0] == "busy" and tunnels and busy is None:
+            busy = Busy(tunnels, int(cmd[1]))
+            print("BUSY", flush=True)
+        elif cmd[0] == "idle" and busy is not None:
+            await busy.stop()
+            print(f"IDLE sent={busy.sent} received={busy.received} errors={busy.errors}", flush=True)
+            busy = None
+        elif cmd[0] == "burst":
+            rtts = []
+            t0 = time.perf_counter()
+            outcomes = await asyncio.gather(
+                *(ping_pong(t, int(cmd[1]), rtts) for t in tunnels), return_exceptions=True
+            )
+            elapsed = time.perf_counter() - t0
+            failed = sum(1 for o in outcomes if isinstance(o, BaseException))
+            print(
+                f"BURST msgs={len(rtts)} failed={failed} msgs_per_s={len(rtts) / elapsed:.0f} "
+                f"p50={pct(rtts, 50):.0f} p99={pct(rtts, 99):.0f}",
+                flush=True,
+            )
     for _, w in tunnels:
         w.close()
 
 
+async def probe(host, port, count):
+    errors, rtts = 0, []
+    try:
+        tunnel = await open_tunnel(host, port, asyncio.Semaphore(1))
+        await ping_pong(tunnel, count, rtts)
+        tunnel[1].close()
+    except Exception as e:  # noqa: BLE001 - counted and shown
+        errors += 1
+        print(f"probe error: {e!r}", file=sys.stderr)
+    print(
+        f"PROBE n={len(rtts)} errors={errors} p50={pct(rtts, 50):.0f} "
+        f"p99={pct(rtts, 99):.0f} p999={pct(rtts, 99.9):.0f}",
+        flush=True,
+    )
+
+
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "server":
-        asyncio.run(server([int(p) for p in sys.argv[2:]]))
-    elif len(sys.argv) == 7 and sys.argv[1] == "client":
-        h, p, n, m, hold = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-        asyncio.run(client(h, p, n, m, hold))
+    args = sys.argv[1:]
+    if len(args) >= 2 and args[0] == "server":
+        asyncio.run(server([int(p) for p in args[1:]]))
+    elif len(args) == 4 and args[0] == "load":
+        asyncio.run(load(args[1], int(args[2]), int(args[3])))
+    elif len(args) == 4 and args[0] == "probe":
+        asyncio.run(probe(args[1], int(args[2]), int(args[3])))
     else:
         sys.exit(__doc__)
