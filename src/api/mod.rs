@@ -229,7 +229,7 @@ pub fn main_with(
     server::main_with(
         "api",
         ApiConfig::from_env(env),
-        |c| (c.listen, server::Threads::Shared(0)),
+        |c| server::Listen::on(c.listen, server::Threads::Shared(0)),
         |listener, config| run(listener, config, shutdown),
     )
 }
