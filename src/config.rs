@@ -291,6 +291,9 @@ pub struct StrategyConfig {
 #[derive(Debug, Clone)]
 pub struct BalancerConfig {
     pub listen: SocketAddr,
+    /// `BALANCER_REUSE_PORT` (false): listen with `SO_REUSEPORT`, so a new
+    /// balancer can start on the port before the old one drains.
+    pub reuse_port: bool,
     pub discovery: DiscoveryConfig,
     pub health: HealthConfig,
     pub limits: ProxyLimits,
@@ -431,6 +434,7 @@ impl BalancerConfig {
         let port = env.port_or("BALANCER_PORT", 13003)?;
         Ok(BalancerConfig {
             listen: SocketAddr::new(host, port),
+            reuse_port: env.parse_or("BALANCER_REUSE_PORT", false)?,
             discovery: discovery_from_env(env)?,
             health: HealthConfig {
                 interval: env.secs_or("HEALTH_INTERVAL_SECS", 30)?,
@@ -589,6 +593,14 @@ mod tests {
         assert_eq!(c.health.path, "/health");
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.limits.tunnel_idle_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn reuse_port_is_off_unless_asked_for() {
+        assert!(!cfg(&[]).unwrap().reuse_port);
+        assert!(cfg(&[("BALANCER_REUSE_PORT", "true")]).unwrap().reuse_port);
+        let err = cfg(&[("BALANCER_REUSE_PORT", "yes")]).unwrap_err();
+        assert_eq!(err.var, "BALANCER_REUSE_PORT", "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::StatusCode;
 
 use api::{ApiProcess, Instance, TempDir, json};
@@ -138,6 +139,55 @@ async fn database_down_is_a_fast_503_and_recovery_needs_no_restart() {
         (StatusCode::OK, &serde_json::json!(1)),
         "{b}"
     );
+    inst.stop().await;
+}
+
+/// A worker list read before the database went away is answered again
+/// (stale-if-error, with its `Age`) while it is away, so an idempotent read
+/// rides out a database restart (bench/chaos.sh's "MariaDB down" row); a
+/// list never read, and every write, still get the fast 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_list_read_before_an_outage_is_answered_during_it() {
+    let Some(mut db) = mariadb().await else {
+        return;
+    };
+    let inst = Instance::start(&api::mysql_env(&db.url("kiro_api"))).await;
+    inst.wait_healthy(Duration::from_secs(30)).await;
+    let reg = r#"{"name":"w","host":"10.1.1.3","port":81,"serviceType":"render"}"#;
+    let (s, b) = json(inst.addr, "POST", "/api/v1/worker/register", Some(reg)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, fresh) = json(inst.addr, "GET", "/api/v1/workers", None).await;
+    assert_eq!(
+        (s, &fresh["count"]),
+        (StatusCode::OK, &serde_json::json!(1))
+    );
+
+    tokio::task::block_in_place(|| db.stop());
+    let mut c = support::Client::connect(inst.addr).await.expect("connect");
+    let t = Instant::now();
+    let r = c
+        .send("GET", "/api/v1/workers", &[], Bytes::new())
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(r.json(), fresh, "the list read before the outage");
+    let age: u64 = r.headers["age"].to_str().unwrap().parse().unwrap();
+    assert!(age <= 30, "Age: {age}");
+
+    let (s, b) = json(inst.addr, "GET", "/api/v1/workers?status=offline", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "never read before: {b}");
+    let (s, b) = json(inst.addr, "POST", "/api/v1/worker/register", Some(reg)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "a write: {b}");
+
+    tokio::task::block_in_place(|| db.restart());
+    inst.wait_healthy(Duration::from_secs(30)).await;
+    let r = c
+        .send("GET", "/api/v1/workers", &[], Bytes::new())
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.get("age").is_none(), "fresh again");
     inst.stop().await;
 }
 

@@ -29,6 +29,10 @@ pub struct ApiConfig {
     pub sweep_interval: Duration,
     /// `HEARTBEAT_INTERVAL_SECS` (30): what registration tells workers.
     pub heartbeat_interval: Duration,
+    /// `WORKERS_STALE_SECS` (30): while the database is unreachable, a worker
+    /// list this instance read at most this long ago is answered (with an
+    /// `Age` header) instead of a 503; 0 turns this off.
+    pub workers_stale: Duration,
     /// `API_MAX_BODY_BYTES` (65536): larger request bodies get 413.
     pub max_body_bytes: usize,
     /// `SHUTDOWN_GRACE_SECS` (30): drain time for in-flight requests.
@@ -71,6 +75,9 @@ impl ApiConfig {
             worker_timeout: env.secs_or("WORKER_TIMEOUT_SECS", 60)?,
             sweep_interval: env.secs_or("WORKER_SWEEP_SECS", 5)?,
             heartbeat_interval: env.secs_or("HEARTBEAT_INTERVAL_SECS", 30)?,
+            workers_stale: env
+                .range_or("WORKERS_STALE_SECS", 30, 0, 3_600)
+                .map(Duration::from_secs)?,
             max_body_bytes: env.range_or("API_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20)?,
             shutdown_grace: env.secs_or("SHUTDOWN_GRACE_SECS", 30)?,
             gateway: GatewayConfig::from_env(env)?,
@@ -105,6 +112,7 @@ mod tests {
         assert_eq!(c.instance_for(13004), "box:13004");
         assert_eq!(c.worker_timeout, Duration::from_secs(60));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.workers_stale, Duration::from_secs(30));
         assert_eq!(c.db.kind(), "sqlite");
         assert_eq!(c.trusted_proxies.len(), 2);
     }
@@ -116,6 +124,7 @@ mod tests {
             ("PORT", "abc"),
             ("INSTANCE_ID", "has space"),
             ("WORKER_TIMEOUT_SECS", "0"),
+            ("WORKERS_STALE_SECS", "3601"),
             ("API_MAX_BODY_BYTES", "10"),
             ("DB_MAX_CONNECTIONS", "0"),
             ("DB_ACQUIRE_TIMEOUT_MS", "soon"),

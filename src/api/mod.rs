@@ -7,14 +7,16 @@
 //! `/health` saying why it is not ready) and the offline sweep.
 //!
 //! The process never exits because the database went away: requests that
-//! need it get a 503 within the pool's acquire timeout, `/health` turns 503,
-//! and the pool reconnects by itself when the database returns.
+//! need it get a 503 within the pool's acquire timeout (worker lists read
+//! recently get their last answer instead, see [`stale`]), `/health` turns
+//! 503, and the pool reconnects by itself when the database returns.
 
 pub mod cli;
 pub mod config;
 pub mod error;
 mod gateway;
 pub mod input;
+mod stale;
 mod status;
 mod tasks;
 pub mod workers;
@@ -43,6 +45,8 @@ use crate::proxy::client_ip::TrustedProxies;
 use crate::server::{self, ServeOptions};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
+use crate::store::workers::WorkerFilter;
+use stale::StaleCache;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -56,6 +60,8 @@ pub struct AppState {
     pub requests: AtomicU64,
     /// Dispatch to workers, keys and metering.
     pub gateway: Arc<Gateway>,
+    /// The last worker list read per filter, for a database outage.
+    pub(crate) stale_lists: StaleCache<WorkerFilter>,
     instance_header: HeaderValue,
     migrated: AtomicBool,
     /// Why the last migration attempt failed (shown by `/health`).
@@ -71,6 +77,7 @@ impl AppState {
             .map_err(|_| std::io::Error::other("INSTANCE_ID is not a valid header value"))?;
         Ok(AppState {
             gateway: Arc::new(Gateway::new(config.gateway.clone(), instance.clone())),
+            stale_lists: StaleCache::new(config.workers_stale),
             store: Store::open(config.db.clone())?,
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             instance,
@@ -222,7 +229,7 @@ pub fn main_with(
     server::main_with(
         "api",
         ApiConfig::from_env(env),
-        |c| (c.listen, server::Threads::Shared(0)),
+        |c| server::Listen::on(c.listen, server::Threads::Shared(0)),
         |listener, config| run(listener, config, shutdown),
     )
 }

@@ -5,10 +5,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -91,10 +95,14 @@ pub async fn heartbeat(State(s): State<Arc<AppState>>, JsonObject(body): JsonObj
 }
 
 /// `GET /api/v1/workers?serviceType=&status=`
+///
+/// While the database is unreachable, the last list this instance read for
+/// the same filter within `WORKERS_STALE_SECS` is answered, with an `Age`
+/// header, instead of a 503 (see [`super::stale`]).
 pub async fn list(
     State(s): State<Arc<AppState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Reply {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::field("query", e.body_text()))?;
     let mut filter = WorkerFilter::default();
     if let Some(st) = q.get("serviceType") {
@@ -104,12 +112,44 @@ pub async fn list(
     if let Some(st) = q.get("status") {
         filter.status = Some(input::check_status("status", st)?.to_owned());
     }
-    let workers = s.store()?.list_workers(&filter).await?;
-    Ok(Json(json!({
-        "success": true,
-        "data": workers,
-        "count": workers.len(),
-    })))
+    match s.store()?.list_workers(&filter).await {
+        Ok(workers) => {
+            let body = json!({
+                "success": true,
+                "data": workers,
+                "count": workers.len(),
+            });
+            let body = Bytes::from(serde_json::to_vec(&body).map_err(|_| ApiError::Internal)?);
+            s.stale_lists.put(filter, body.clone());
+            Ok(json_bytes(body, None))
+        }
+        Err(e) if e.is_unavailable() => match s.stale_lists.get(&filter) {
+            Some((age, body)) => {
+                tracing::debug!(error = %e, age_secs = age.as_secs(), "database unavailable, answering the last worker list");
+                Ok(json_bytes(body, Some(age)))
+            }
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A JSON body already serialized, with an `Age` header when it is a
+/// remembered answer.
+fn json_bytes(body: Bytes, age: Option<Duration>) -> Response {
+    let mut res = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Some(age) = age {
+        res.headers_mut()
+            .insert(header::AGE, HeaderValue::from(age.as_secs()));
+    }
+    res
 }
 
 /// `GET /api/v1/workers/{id}`

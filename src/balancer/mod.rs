@@ -42,7 +42,10 @@ pub fn main_with(
     server::main_with(
         "balancer",
         BalancerConfig::from_env(env),
-        |c| (c.listen, server::Threads::PerCore(c.worker_threads)),
+        |c| server::Listen {
+            reuse_port: c.reuse_port,
+            ..server::Listen::on(c.listen, server::Threads::PerCore(c.worker_threads))
+        },
         |listener, config| run(listener, config, shutdown),
     )
 }

@@ -582,8 +582,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 const BACKLOG: u32 = 4096;
 
 /// Binds a listener, naming the address in the error (ports in use are the
-/// most common start-up failure).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// most common start-up failure). `reuse_port` sets `SO_REUSEPORT`, so a
+/// second process (a new version, a restart) can listen on the same port
+/// while this one still serves and then drains: the kernel spreads new
+/// connections over every listener and nothing is refused in between. Off
+/// by default, so an accidental second start fails instead of sharing.
+pub async fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let listen = || {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -593,6 +597,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         // As std's and tokio's own `bind` do on Unix: a restarted server
         // rebinds its port while old connections linger in TIME_WAIT.
         socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
         socket.bind(addr)?;
         socket.listen(BACKLOG)
     };
@@ -617,6 +624,26 @@ pub enum Threads {
     PerCore(usize),
 }
 
+/// Where and how a server process listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub threads: Threads,
+    /// `SO_REUSEPORT` (see [`bind`]).
+    pub reuse_port: bool,
+}
+
+impl Listen {
+    /// On `addr` alone (no `SO_REUSEPORT`).
+    pub fn on(addr: SocketAddr, threads: Threads) -> Listen {
+        Listen {
+            addr,
+            threads,
+            reuse_port: false,
+        }
+    }
+}
+
 /// The whole life of a server process, shared by every binary and the
 /// cluster launcher's children: take the parsed config (a bad value was
 /// already named by its `ConfigError`), start the runtime(s) `listen` asks
@@ -625,7 +652,7 @@ pub enum Threads {
 pub fn main_with<C, F>(
     name: &str,
     config: Result<C, crate::config::ConfigError>,
-    listen: impl Fn(&C) -> (SocketAddr, Threads),
+    listen: impl Fn(&C) -> Listen,
     run: impl FnOnce(TcpListener, C) -> F,
 ) -> std::process::ExitCode
 where
@@ -639,7 +666,11 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (addr, threads) = listen(&config);
+    let Listen {
+        addr,
+        threads,
+        reuse_port,
+    } = listen(&config);
     // `_workers` keeps the worker threads running until this returns (the
     // drain has finished by then).
     let (_workers, rt) = match start_runtime(name, threads) {
@@ -650,7 +681,7 @@ where
         }
     };
     rt.block_on(async move {
-        let listener = match bind(addr).await {
+        let listener = match bind(addr, reuse_port).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, port = addr.port(), "cannot listen");
@@ -694,4 +725,29 @@ fn start_runtime(
 /// A future that never resolves: a `shutdown` for callers with no other plan.
 pub fn never() -> impl Future<Output = ()> + Send + 'static {
     std::future::pending()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_listener_shares_the_port_only_with_reuse_port() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), true).await.unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = bind(addr, true).await.expect("both ask for SO_REUSEPORT");
+        // Each takes connections while the other lives; closing one leaves
+        // the port to the other (a restart without a refused connection).
+        drop(first);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_, peer) = second.accept().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+
+        let alone = bind("127.0.0.1:0".parse().unwrap(), false).await.unwrap();
+        let addr = alone.local_addr().unwrap();
+        let err = bind(addr, false).await.expect_err("the port is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        assert!(bind(addr, true).await.is_err(), "the first did not opt in");
+    }
 }

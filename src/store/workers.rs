@@ -39,7 +39,7 @@ pub struct Heartbeat {
 }
 
 /// Listing filters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct WorkerFilter {
     pub service_type: Option<String>,
     pub status: Option<String>,

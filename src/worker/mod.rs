@@ -208,7 +208,7 @@ pub fn main_with(
     server::main_with(
         "worker",
         Ok(config),
-        |c| (c.listen, server::Threads::Shared(2)),
+        |c| server::Listen::on(c.listen, server::Threads::Shared(2)),
         |listener, config| run(listener, config, shutdown),
     )
 }
