@@ -30,10 +30,10 @@
 //!
 //! The aggregates (`worker_stats`, totals, keys' `last_used_at`) are summed
 //! in memory and written every second, each worker's increments in one
-//! transaction (a failed write is merged back and retried); a kill loses at
-//! most that second of them, never a usage row. They are not idempotent
-//! like the rows: a commit whose acknowledgement is lost (the database dies
-//! at that instant) is counted again on retry.
+//! transaction with a random token (a failed write is retried as it is, and
+//! the token, written in the same transaction, makes a retry of a batch that
+//! did commit, its acknowledgement lost, add nothing); a kill loses at most
+//! that second of them, never a usage row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,8 +65,14 @@ pub struct KeyCount {
 #[derive(Debug, Default)]
 struct Aggregates {
     stats: HashMap<(i64, i64), StatsDelta>,
+    /// Batches whose write failed, retried as they are, token included,
+    /// so one that did commit is not counted twice.
+    retry: Vec<StatsDelta>,
     key_used: HashMap<i64, i64>,
 }
+
+/// How long a stats batch's token is remembered.
+const STATS_TOKENS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// The replica's meter; share it in an `Arc`.
 pub struct Meter {
@@ -292,6 +298,7 @@ impl Meter {
     pub async fn aggregate_loop(self: Arc<Self>, store: Store, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rounds: u64 = 0;
         loop {
             let stopping = tokio::select! {
                 () = shutdown.wait() => true,
@@ -301,18 +308,33 @@ impl Meter {
             if stopping {
                 return;
             }
+            // Every ten minutes, the batch tokens of more than a day ago go
+            // (by then no retry of theirs is still waiting: the replica
+            // stops taking dispatches after USAGE_BUFFER_SECS of outage).
+            rounds += 1;
+            if rounds % 600 == 0 {
+                if let Err(e) = store.prune_stats_batches(STATS_TOKENS_KEPT).await {
+                    tracing::debug!(error = %e, "old stats batch tokens not pruned yet");
+                }
+            }
         }
     }
 
-    /// Writes what the aggregates hold; what fails is merged back for the
-    /// next round.
+    /// Writes what the aggregates hold: each worker-minute's increments as
+    /// one batch with a fresh token, and the batches that failed before
+    /// with theirs (applied once whatever became of their first commit).
+    /// What fails again is kept for the next round.
     pub async fn write_aggregates(&self, store: &Store) {
         let taken = std::mem::take(&mut *self.aggregates.lock().unwrap_or_else(|p| p.into_inner()));
+        let fresh = taken.stats.into_values().map(|d| StatsDelta {
+            token: crate::gateway::dispatch::new_id(),
+            ..d
+        });
         let mut failed = Aggregates::default();
-        for (k, d) in taken.stats {
+        for d in taken.retry.into_iter().chain(fresh) {
             if let Err(e) = store.add_worker_stats(&d).await {
                 tracing::debug!(error = %e, worker_id = d.worker_id, "worker stats not written yet");
-                failed.stats.insert(k, d);
+                failed.retry.push(d);
             }
         }
         for (key_id, at) in taken.key_used {
@@ -320,21 +342,11 @@ impl Meter {
                 failed.key_used.insert(key_id, at);
             }
         }
-        if failed.stats.is_empty() && failed.key_used.is_empty() {
+        if failed.retry.is_empty() && failed.key_used.is_empty() {
             return;
         }
         let mut agg = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
-        for (k, d) in failed.stats {
-            let e = agg.stats.entry(k).or_insert_with(|| StatsDelta {
-                worker_id: d.worker_id,
-                interval_start: d.interval_start,
-                ..StatsDelta::default()
-            });
-            e.requests += d.requests;
-            e.successes += d.successes;
-            e.failures += d.failures;
-            e.total_ms += d.total_ms;
-        }
+        agg.retry.append(&mut failed.retry);
         for (key_id, at) in failed.key_used {
             let e = agg.key_used.entry(key_id).or_insert(0);
             *e = (*e).max(at);

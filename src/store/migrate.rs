@@ -24,14 +24,16 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 use super::{DbTarget, Store, StoreError};
 
 fn migrator(dialect: &str) -> Migrator {
-    let (workers, gateway) = match dialect {
+    let (workers, gateway, batches) = match dialect {
         "mysql" => (
             include_str!("../../migrations/mysql/0001_workers.sql"),
             include_str!("../../migrations/mysql/0002_gateway.sql"),
+            include_str!("../../migrations/mysql/0003_stats_batches.sql"),
         ),
         _ => (
             include_str!("../../migrations/sqlite/0001_workers.sql"),
             include_str!("../../migrations/sqlite/0002_gateway.sql"),
+            include_str!("../../migrations/sqlite/0003_stats_batches.sql"),
         ),
     };
     let migration = |version: i64, name: &'static str, sql: &'static str| {
@@ -46,6 +48,7 @@ fn migrator(dialect: &str) -> Migrator {
     Migrator::with_migrations(vec![
         migration(1, "workers", workers),
         migration(2, "gateway", gateway),
+        migration(3, "stats_batches", batches),
     ])
 }
 

@@ -17,7 +17,7 @@
 use serde::Serialize;
 use sqlx::{ColumnIndex, Database, Decode, FromRow, Row, Type};
 
-use super::{Pool, Store, StoreError, on_pool};
+use super::{Pool, Store, StoreError, now_ms, on_pool};
 
 /// One dispatched request, as billed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -72,6 +72,9 @@ where
 /// Increments for one worker's row in one minute of `worker_stats`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsDelta {
+    /// Random per batch and kept across its retries: the write is applied
+    /// once whatever happens to its acknowledgement (`stats_batches`).
+    pub token: String,
     pub worker_id: i64,
     /// Start of the minute, epoch ms.
     pub interval_start: i64,
@@ -162,7 +165,10 @@ impl Store {
     }
 
     /// Adds one minute's increments to `worker_stats` and to the worker's
-    /// running totals. A worker removed meanwhile is skipped.
+    /// running totals, once per `d.token`: a batch already applied (a
+    /// retry after a commit whose acknowledgement was lost, or that
+    /// outlived the query timeout) adds nothing. A worker removed
+    /// meanwhile is skipped.
     pub async fn add_worker_stats(&self, d: &StatsDelta) -> Result<(), StoreError> {
         if d.requests <= 0 {
             return Ok(());
@@ -172,15 +178,30 @@ impl Store {
             return Ok(());
         }
         let mean = d.total_ms as f64 / d.requests as f64;
-        let sql = match self.pool {
-            Pool::MySql(_) => STATS_MYSQL,
-            Pool::Sqlite(_) => STATS_SQLITE,
+        let (sql, claim) = match self.pool {
+            Pool::MySql(_) => (
+                STATS_MYSQL,
+                "INSERT IGNORE INTO stats_batches (token, applied_at) VALUES (?, ?)",
+            ),
+            Pool::Sqlite(_) => (
+                STATS_SQLITE,
+                "INSERT OR IGNORE INTO stats_batches (token, applied_at) VALUES (?, ?)",
+            ),
         };
-        // One transaction: both increments or neither, so a failure
-        // between them never makes the retry count the stats twice.
+        // One transaction: the token and both increments, or none of them.
         let fut = async {
             on_pool!(self, |p| {
                 let mut tx = p.begin().await?;
+                let claimed = sqlx::query(claim)
+                    .bind(&d.token)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if claimed == 0 {
+                    tracing::debug!(token = %d.token, "worker stats batch already applied");
+                    return tx.rollback().await;
+                }
                 sqlx::query(sql)
                     .bind(d.worker_id)
                     .bind(d.interval_start)
@@ -204,6 +225,23 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await
+            })
+        };
+        self.bounded(fut).await
+    }
+
+    /// Forgets the tokens of stats batches applied more than `keep` ago
+    /// (a batch retried after that long would count twice; the meter gives
+    /// up on none, but retries every second).
+    pub async fn prune_stats_batches(&self, keep: std::time::Duration) -> Result<u64, StoreError> {
+        let before = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        let fut = async {
+            on_pool!(self, |p| {
+                sqlx::query("DELETE FROM stats_batches WHERE applied_at < ?")
+                    .bind(before)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected())
             })
         };
         self.bounded(fut).await
@@ -299,5 +337,71 @@ impl Store {
                 .await)
         };
         self.bounded(fut).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+    use crate::store::config::DbConfig;
+    use crate::store::workers::NewWorker;
+
+    /// A retried stats batch (its first commit landed, its acknowledgement
+    /// did not) adds nothing; a new batch adds its increments.
+    #[tokio::test]
+    async fn a_stats_batch_is_applied_once_per_token() {
+        let dir = std::env::temp_dir().join(format!(
+            "hashgate-stats-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let url = format!("sqlite:{}", dir.join("t.db").display());
+        let config =
+            DbConfig::from_env(&Env::from_pairs([("DATABASE_URL", url.as_str())])).expect("config");
+        let store = Store::open(config).expect("open");
+        store.migrate().await.expect("migrate");
+        let worker_id = store
+            .register_worker(&NewWorker {
+                name: "w1".into(),
+                host: "127.0.0.1".into(),
+                port: 5001,
+                service_type: "render".into(),
+                weight: 1,
+                max_connections: 4,
+            })
+            .await
+            .expect("worker");
+        let batch = |token: &str| StatsDelta {
+            token: token.into(),
+            worker_id,
+            interval_start: 60_000,
+            requests: 3,
+            successes: 2,
+            failures: 1,
+            total_ms: 30,
+        };
+        store.add_worker_stats(&batch("aaaa")).await.expect("first");
+        store.add_worker_stats(&batch("aaaa")).await.expect("retry");
+        store
+            .add_worker_stats(&batch("bbbb"))
+            .await
+            .expect("second");
+        let w = store
+            .get_worker(worker_id)
+            .await
+            .expect("read")
+            .expect("worker");
+        assert_eq!((w.total_requests, w.total_failures), (6, 2));
+        // Nothing is pruned that is younger than what is kept.
+        assert_eq!(
+            store
+                .prune_stats_batches(std::time::Duration::from_secs(60))
+                .await
+                .expect("prune"),
+            0
+        );
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
