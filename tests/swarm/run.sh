@@ -64,7 +64,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     phase_end
-    local p
+    local p i
     touch "$WORK/stop" 2>/dev/null
     for p in "${LOAD_PIDS[@]}"; do kill "$p" 2>/dev/null; done
     [[ $rc -ne 0 ]] && dump_state
@@ -72,7 +72,6 @@ cleanup() {
     if [[ $STACK_UP -eq 1 ]]; then
         docker stack rm "$STACK" >/dev/null 2>&1 || log "stack rm failed"
         # The network goes once its tasks are gone; wait for both (bounded).
-        local i
         for i in $(seq 60); do
             [[ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ]] &&
                 [[ -z "$(docker network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]] && break
@@ -87,7 +86,16 @@ cleanup() {
     if [[ $SWARM_CREATED -eq 1 ]]; then
         docker swarm leave --force >/dev/null 2>&1 || log "swarm leave failed"
         # The bridge the swarm created for its tasks' way out stays behind.
-        [[ $GWBRIDGE_EXISTED -eq 0 ]] && docker network rm docker_gwbridge >/dev/null 2>&1
+        # Docker 20.10 may keep a stale ingress endpoint on it until dockerd
+        # restarts: then it stays (harmless; reused by the next swarm).
+        if [[ $GWBRIDGE_EXISTED -eq 0 ]]; then
+            local gone=0
+            for i in 1 2 3 4 5; do
+                docker network rm docker_gwbridge >/dev/null 2>&1 && { gone=1; break; }
+                sleep 1
+            done
+            [[ $gone -eq 1 ]] || log "docker_gwbridge kept: dockerd still holds an endpoint on it"
+        fi
     fi
     teardown_common "$rc"
     exit "$rc"
