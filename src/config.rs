@@ -260,6 +260,10 @@ pub struct ProxyLimits {
     pub client_write_timeout: Duration,
     /// `CONNECT_TIMEOUT_MS`: opening a TCP connection to a backend.
     pub connect_timeout: Duration,
+    /// `CONNECT_FAILOVER_MS`: how long a connect may take before the
+    /// request gives way to the next candidate, when one remains (the last
+    /// candidate gets all of `connect_timeout`). At most `connect_timeout`.
+    pub connect_failover: Duration,
     /// `UPSTREAM_TIMEOUT_SECS`: from the request's last byte sent to the
     /// backend until the response head is complete (504).
     pub upstream_timeout: Duration,
@@ -432,6 +436,7 @@ impl BalancerConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let host: IpAddr = env.parse_or("BALANCER_HOST", IpAddr::from([0, 0, 0, 0]))?;
         let port = env.port_or("BALANCER_PORT", 13003)?;
+        let connect_timeout = env.millis_or("CONNECT_TIMEOUT_MS", 2_000)?;
         Ok(BalancerConfig {
             listen: SocketAddr::new(host, port),
             reuse_port: env.parse_or("BALANCER_REUSE_PORT", false)?,
@@ -454,7 +459,8 @@ impl BalancerConfig {
                 header_timeout: env.secs_or("CLIENT_HEADER_TIMEOUT_SECS", 10)?,
                 client_body_timeout: env.secs_or("CLIENT_BODY_TIMEOUT_SECS", 30)?,
                 client_write_timeout: env.secs_or("CLIENT_WRITE_TIMEOUT_SECS", 60)?,
-                connect_timeout: env.millis_or("CONNECT_TIMEOUT_MS", 2_000)?,
+                connect_timeout,
+                connect_failover: connect_failover(env, connect_timeout)?,
                 upstream_timeout: env.secs_or("UPSTREAM_TIMEOUT_SECS", 60)?,
                 upstream_body_timeout: env.secs_or("UPSTREAM_BODY_TIMEOUT_SECS", 60)?,
                 tunnel_idle_timeout: env.secs_or("TUNNEL_IDLE_TIMEOUT_SECS", 3600)?,
@@ -489,6 +495,24 @@ impl BalancerConfig {
             ops: ops_from_env(env)?,
         })
     }
+}
+
+/// `CONNECT_FAILOVER_MS`: 250 by default (or `CONNECT_TIMEOUT_MS`, when
+/// that is shorter); set above `CONNECT_TIMEOUT_MS`, an error.
+fn connect_failover(env: &Env, connect_timeout: Duration) -> Result<Duration, ConfigError> {
+    let default = connect_timeout.min(Duration::from_millis(250));
+    let failover = env.millis_or("CONNECT_FAILOVER_MS", default.as_millis() as u64)?;
+    if failover > connect_timeout {
+        return Err(ConfigError::new(
+            "CONNECT_FAILOVER_MS",
+            &failover.as_millis().to_string(),
+            format!(
+                "must not exceed CONNECT_TIMEOUT_MS ({} ms)",
+                connect_timeout.as_millis()
+            ),
+        ));
+    }
+    Ok(failover)
 }
 
 fn health_path(env: &Env) -> Result<String, ConfigError> {

@@ -250,6 +250,11 @@ pub struct ConnPool {
 pub enum ConnectError {
     #[error("connect to {0} timed out")]
     Timeout(SocketAddr),
+    /// Not connected within `CONNECT_FAILOVER_MS` while another candidate
+    /// remained: given up for it. Not the backend's failure (it may only be
+    /// slow to accept); the health check it triggers decides.
+    #[error("connect to {0} took over {1:?}: gave way to the next backend")]
+    GaveWay(SocketAddr, Duration),
     #[error("connect to {0}: {1}")]
     Io(SocketAddr, io::Error),
     #[error("handshake with {0}: {1}")]
@@ -261,6 +266,11 @@ impl ConnectError {
     /// local ports), not the backend's: it must never count against it.
     pub fn is_local(&self) -> bool {
         matches!(self, ConnectError::Io(_, e) if is_local(e))
+    }
+
+    /// The connect was given up early for the next candidate.
+    pub fn gave_way(&self) -> bool {
+        matches!(self, ConnectError::GaveWay(..))
     }
 }
 
@@ -340,20 +350,29 @@ impl ConnPool {
         self.raw.push(stream, self.max_idle, self.idle_timeout);
     }
 
-    /// Opens a plain socket to the backend (no delay, connect timeout).
-    pub async fn connect_raw(&self) -> Result<TcpStream, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+    /// Opens a plain socket to the backend (no delay). The connect gets
+    /// `CONNECT_TIMEOUT_MS`, or `give_way` when that is shorter (see
+    /// [`crate::proxy::rules::connect_give_way`]; the error is then
+    /// [`ConnectError::GaveWay`]).
+    pub async fn connect_raw(&self, give_way: Option<Duration>) -> Result<TcpStream, ConnectError> {
+        let early = give_way.filter(|t| *t < self.connect_timeout);
+        let within = early.unwrap_or(self.connect_timeout);
+        let stream = tokio::time::timeout(within, TcpStream::connect(self.addr))
             .await
-            .map_err(|_| ConnectError::Timeout(self.addr))?
+            .map_err(|_| match early {
+                Some(t) => ConnectError::GaveWay(self.addr, t),
+                None => ConnectError::Timeout(self.addr),
+            })?
             .map_err(|e| ConnectError::Io(self.addr, e))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
 
     /// Opens a new hyper connection (kept usable after a `101 Switching
-    /// Protocols`; such a connection is never pooled).
-    pub async fn connect(&self) -> Result<Sender, ConnectError> {
-        let stream = self.connect_raw().await?;
+    /// Protocols`; such a connection is never pooled). `give_way`: as for
+    /// [`ConnPool::connect_raw`].
+    pub async fn connect(&self, give_way: Option<Duration>) -> Result<Sender, ConnectError> {
+        let stream = self.connect_raw(give_way).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

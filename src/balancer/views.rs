@@ -328,6 +328,7 @@ pub fn config(c: &BalancerConfig) -> Value {
             "client_body_timeout_secs": l.client_body_timeout.as_secs(),
             "client_write_timeout_secs": l.client_write_timeout.as_secs(),
             "connect_timeout_ms": l.connect_timeout.as_millis() as u64,
+            "connect_failover_ms": l.connect_failover.as_millis() as u64,
             "upstream_timeout_secs": l.upstream_timeout.as_secs(),
             "upstream_body_timeout_secs": l.upstream_body_timeout.as_secs(),
             "pool_max_idle": l.pool_max_idle,

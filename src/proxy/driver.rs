@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Proxy;
 use super::body::UpstreamGuard;
@@ -68,11 +68,14 @@ pub trait Transport {
     type Response: Send;
 
     /// Tries the request on `backend`, up to the response head; on a new
-    /// connection when `fresh`, else on a pooled one if there is one.
+    /// connection when `fresh`, else on a pooled one if there is one. A new
+    /// connection that is not up within `give_way` (when shorter than
+    /// `CONNECT_TIMEOUT_MS`) fails with [`crate::upstream::ConnectError::GaveWay`].
     fn attempt(
         &mut self,
         backend: &Arc<Backend>,
         fresh: bool,
+        give_way: Option<Duration>,
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send;
 
     /// The response's status code.
@@ -112,10 +115,11 @@ pub async fn drive<T: Transport>(
     let lost_probe_after =
         proxy.config.limits.connect_timeout + proxy.config.limits.upstream_timeout;
     let mut last = None;
-    for i in snapshot
+    let mut candidates = snapshot
         .selector
         .candidates(&snapshot.backends, call.key, accept)
-    {
+        .peekable();
+    while let Some(i) = candidates.next() {
         let backend = &snapshot.backends[i];
         if backend.outlier.admit() == Admit::Probe && !in_panic() {
             if !backend.outlier.try_probe(lost_probe_after) {
@@ -125,11 +129,12 @@ pub async fn drive<T: Transport>(
         }
         let guard = UpstreamGuard::new(Arc::clone(backend), call.key, call.client);
         let started = Instant::now();
-        let mut attempt = transport.attempt(backend, false).await;
+        let give_way = rules::connect_give_way(&proxy.config.limits, candidates.peek().is_some());
+        let mut attempt = transport.attempt(backend, false, give_way).await;
         if let Err(f) = &attempt {
             if rules::may_retry_fresh(f.stale, f.sent, call.replayable) {
                 tracing::debug!(backend = %backend.name(), error = %f.error, "a reused connection was closed: once more on a new one");
-                attempt = transport.attempt(backend, true).await;
+                attempt = transport.attempt(backend, true, give_way).await;
             }
         }
         match attempt {

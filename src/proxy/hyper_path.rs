@@ -306,6 +306,7 @@ impl Transport for Hyper {
         &mut self,
         backend: &Arc<Backend>,
         fresh: bool,
+        give_way: Option<Duration>,
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send {
         let backend = Arc::clone(backend);
         async move {
@@ -323,7 +324,7 @@ impl Transport for Hyper {
             let reused = pooled.is_some();
             let mut sender: Sender = match pooled {
                 Some(s) => s,
-                None => match backend.pool.connect().await {
+                None => match backend.pool.connect(give_way).await {
                     Ok(s) => s,
                     Err(e) => {
                         give_back(&mut self.body, req);

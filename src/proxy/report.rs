@@ -2,6 +2,8 @@
 //! every broken response body (from either transport's relay) feeds the
 //! backend's counters, its load figures and outlier detection, and a
 //! refused connection wakes the health loop for an immediate re-check.
+//! A connect given up early for the next candidate wakes it too, without
+//! counting against the backend.
 //! Which failures count is decided by [`super::rules`]; what the outlier
 //! detector makes of them, by [`crate::health::outlier`]. Each change of
 //! state is logged here, once.
@@ -46,6 +48,11 @@ pub fn answered(proxy: &Proxy, backend: &Backend, status: u16, took: Duration, n
 
 /// An attempt failed before a response head.
 pub fn failed(proxy: &Proxy, backend: &Backend, error: &ProxyError, client: u64) {
+    if rules::wakes_health_check(error) {
+        // An immediate check takes a dead process (refused) or a vanished
+        // address (no answer to a SYN) out within a round of probes.
+        proxy.backends.wake.notify_one();
+    }
     let Some(fault) = rules::blame(error, client) else {
         tracing::debug!(backend = %backend.name(), error = %error, "attempt failed (not the backend's fault)");
         return;
@@ -54,10 +61,8 @@ pub fn failed(proxy: &Proxy, backend: &Backend, error: &ProxyError, client: u64)
     backend.stats.errors.fetch_add(1, Relaxed);
     backend.metrics.failed(kind(error));
     if fault == Fault::Connect {
-        // Nothing listening: the idle connections are dead too, and an
-        // immediate check takes a dead process out within a round trip.
+        // Nothing listening: the idle connections are dead too.
         backend.pool.clear();
-        proxy.backends.wake.notify_one();
     }
     outlier_failure(proxy, backend, fault, error);
 }

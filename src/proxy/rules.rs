@@ -19,6 +19,13 @@
 //!   client's own body broke.
 //!   A failure on a reused idle connection before any answer goes once
 //!   more to the same backend on a new connection ([`may_retry_fresh`]).
+//! - **Giving way early** ([`connect_give_way`]): while another candidate
+//!   remains, a connect gets `CONNECT_FAILOVER_MS` (250 ms), not all of
+//!   `CONNECT_TIMEOUT_MS`: an address that stopped answering SYNs (a
+//!   stopped Swarm task, a dead host) costs a request that long, not the
+//!   whole connect timeout. Such a give-way blames nothing (the backend may
+//!   only be slow to accept) but wakes the health checks
+//!   ([`wakes_health_check`]), which decide.
 //! - **Blame** ([`blame`], [`status_blames`]): which failures count against
 //!   a backend in outlier detection; a client's slowness or a local
 //!   resource shortage never does.
@@ -57,7 +64,10 @@
 //! HAProxy and nginx do: neither removes `Connection`-named headers at all)
 //! and takes from the attacker everything the option could do.
 
+use std::time::Duration;
+
 use super::error::ProxyError;
+use crate::config::ProxyLimits;
 use crate::health::outlier::Fault;
 
 pub use crate::chunked::MAX_SIZE_DIGITS as MAX_CHUNK_SIZE_DIGITS;
@@ -425,12 +435,29 @@ pub fn may_retry_fresh(stale: bool, sent: bool, replayable: bool) -> bool {
     stale && (!sent || replayable)
 }
 
+/// How long an attempt's new connection may take to come up before the
+/// request gives way to the next candidate: `CONNECT_FAILOVER_MS` while
+/// `another_candidate` remains; `None` for the last one, which gets all of
+/// `CONNECT_TIMEOUT_MS` (giving up early there would only turn a slow
+/// answer into a failed request).
+pub fn connect_give_way(limits: &ProxyLimits, another_candidate: bool) -> Option<Duration> {
+    another_candidate.then_some(limits.connect_failover)
+}
+
+/// Whether a failed attempt rings the health loop for an immediate check:
+/// a connect that failed for the backend's reasons (refused, timed out, or
+/// given up early for the next candidate), never a local shortage.
+pub fn wakes_health_check(error: &ProxyError) -> bool {
+    matches!(error, ProxyError::Connect(e) if !e.is_local())
+}
+
 /// What a failure says about the backend, for outlier detection: `None`
 /// when it was not the backend's doing (the client's body, a local
-/// shortage of file descriptors or ports).
+/// shortage of file descriptors or ports, a connect given up early for
+/// the next candidate).
 pub fn blame(error: &ProxyError, client: u64) -> Option<Fault> {
     match error {
-        ProxyError::Connect(e) if e.is_local() => None,
+        ProxyError::Connect(e) if e.is_local() || e.gave_way() => None,
         ProxyError::Connect(_) => Some(Fault::Connect),
         ProxyError::Upstream(_) | ProxyError::UpstreamIo(_) | ProxyError::BadResponse(_) => {
             Some(Fault::Answer)
@@ -593,6 +620,24 @@ mod tests {
             Some(Fault::Timeout { client: 9 })
         );
         assert!(status_blames(503) && !status_blames(500) && !status_blames(429));
+    }
+
+    #[test]
+    fn a_connect_that_gave_way_blames_nothing_and_wakes_the_checks() {
+        use crate::upstream::ConnectError;
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let gave_way = ProxyError::Connect(ConnectError::GaveWay(addr, Duration::from_millis(250)));
+        assert_eq!(blame(&gave_way, 1), None);
+        assert!(wakes_health_check(&gave_way) && may_retry(&gave_way, false, false));
+        let timed_out = ProxyError::Connect(ConnectError::Timeout(addr));
+        assert_eq!(blame(&timed_out, 1), Some(Fault::Connect));
+        assert!(wakes_health_check(&timed_out));
+        let emfile = ProxyError::Connect(ConnectError::Io(
+            addr,
+            std::io::Error::from_raw_os_error(24),
+        ));
+        assert!(!wakes_health_check(&emfile));
+        assert!(!wakes_health_check(&ProxyError::Timeout));
     }
 
     #[test]

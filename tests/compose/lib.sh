@@ -1,5 +1,6 @@
-# Helpers for tests/compose/run.sh: packages, dockerd, a throw-away MariaDB on
-# the host, HTTP and JSON checks, phase timing. Sourced, not executed.
+# Helpers for tests/compose/run.sh and tests/swarm/run.sh: packages, dockerd,
+# a throw-away MariaDB on the host, HTTP and JSON checks, phase timing,
+# teardown. Sourced, not executed.
 #
 # Everything started here is recorded in a variable and undone by cleanup(),
 # which run.sh installs as an EXIT trap, so a failing step leaves nothing behind.
@@ -93,6 +94,17 @@ stop_dockerd() {
     DOCKERD_PID=""
 }
 
+# The default bridge's address (docker0): what `host-gateway` means, and a
+# host address every container on this machine reaches. `network inspect`
+# only reports it when the gateway was configured explicitly.
+docker0_address() {
+    local a
+    a=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null)
+    [[ -n "$a" ]] || a=$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
+    [[ -n "$a" ]] || die "cannot find the docker0 address"
+    echo "$a"
+}
+
 # ---- MariaDB on the host ----------------------------------------------------
 # Containers reach it as host.docker.internal, which `host-gateway` maps to
 # the default bridge's gateway address; so it listens there only (one address:
@@ -138,6 +150,30 @@ stop_mariadb() {
     kill -0 "$MARIADB_PID" 2>/dev/null && kill -KILL "$MARIADB_PID"
     wait "$MARIADB_PID" 2>/dev/null
     MARIADB_PID=""
+}
+
+# ---- teardown ---------------------------------------------------------------
+# Makes the test's own cleanup() the EXIT trap; INT and TERM exit through it.
+trap_cleanup() {
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# The end of a test's EXIT trap, after its own clean-up: the image it built
+# ($IMAGE_BUILT, unless KEEP_IMAGE=1), the database, dockerd if it started
+# one, the work directory, then the phase report and the verdict for `rc`.
+teardown_common() {
+    local rc="$1"
+    if [[ $IMAGE_BUILT -eq 1 && "${KEEP_IMAGE:-0}" != 1 ]]; then
+        docker rmi -f "$IMAGE" >/dev/null 2>&1 || log "cannot remove $IMAGE"
+    fi
+    stop_mariadb
+    stop_dockerd
+    rm -rf "$WORK"
+    log "phase durations:"
+    printf '  %s\n' "${PHASE_REPORT[@]}" >&2
+    log "total $((($(now_ms) - TEST_START) / 1000))s: $([[ $rc -eq 0 ]] && echo PASS || echo "FAIL (exit $rc)")"
 }
 
 # ---- small utilities --------------------------------------------------------

@@ -59,20 +59,10 @@ cleanup() {
     for p in "${PROJECTS_UP[@]}"; do
         "$p" down -v --remove-orphans -t 10 >/dev/null 2>&1 || log "down of $p failed"
     done
-    if [[ $IMAGE_BUILT -eq 1 && "${KEEP_IMAGE:-0}" != 1 ]]; then
-        docker rmi -f "$IMAGE" >/dev/null 2>&1 || log "cannot remove $IMAGE"
-    fi
-    stop_mariadb
-    stop_dockerd
-    rm -rf "$WORK"
-    log "phase durations:"
-    printf '  %s\n' "${PHASE_REPORT[@]}" >&2
-    log "total $((($(now_ms) - TEST_START) / 1000))s: $([[ $rc -eq 0 ]] && echo PASS || echo "FAIL (exit $rc)")"
+    teardown_common "$rc"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---- set-up -----------------------------------------------------------------
 phase "packages"
@@ -80,11 +70,7 @@ ensure_packages
 
 phase "dockerd"
 ensure_dockerd
-# What `host-gateway` means: the default bridge's address (docker0), which
-# `network inspect` only reports when the gateway was configured explicitly.
-GATEWAY=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null)
-[[ -n "$GATEWAY" ]] || GATEWAY=$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
-[[ -n "$GATEWAY" ]] || die "cannot find the docker0 gateway address"
+GATEWAY=$(docker0_address) || exit 1
 log "host-gateway is $GATEWAY"
 
 phase "mariadb"

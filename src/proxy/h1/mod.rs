@@ -502,6 +502,7 @@ impl Transport for Fast<'_> {
         &mut self,
         backend: &Arc<Backend>,
         fresh: bool,
+        give_way: Option<Duration>,
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send {
         let backend = Arc::clone(backend);
         async move {
@@ -513,7 +514,7 @@ impl Transport for Fast<'_> {
             let reused = pooled.is_some();
             let mut upstream = match pooled {
                 Some(s) => s,
-                None => connect(&backend).await?,
+                None => connect(&backend, give_way).await?,
             };
             self.response.clear();
             let mut failure = match upstream.write_all(self.request).await {
@@ -535,10 +536,10 @@ impl Transport for Fast<'_> {
     }
 }
 
-async fn connect(backend: &Backend) -> Result<TcpStream, Failed> {
+async fn connect(backend: &Backend, give_way: Option<Duration>) -> Result<TcpStream, Failed> {
     backend
         .pool
-        .connect_raw()
+        .connect_raw(give_way)
         .await
         .map_err(|e| Failed::new(ProxyError::Connect(e), false))
 }
