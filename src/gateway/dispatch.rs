@@ -42,7 +42,7 @@ use super::keys::{self, AuthError, Caller};
 use super::pool::WorkerTarget;
 use crate::proxy::rules;
 use crate::store::Store;
-use crate::store::usage::UsageRow;
+use crate::store::usage::{UsageRow, new_key};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_WORKER_ID: HeaderName = HeaderName::from_static("x-worker-id");
@@ -110,12 +110,7 @@ fn request_id(headers: &HeaderMap) -> String {
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(new_id)
-}
-
-/// 128 random bits as 32 hex digits.
-pub fn new_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+        .unwrap_or_else(new_key)
 }
 
 /// A JSON error of the gateway's own.
@@ -182,7 +177,7 @@ impl Job {
     fn row(&self, status: StatusCode, worker_id: Option<i64>) -> UsageRow {
         let ok = status.is_success();
         UsageRow {
-            row_key: new_id(),
+            row_key: new_key(),
             request_id: self.request_id.clone(),
             key_id: self.caller.key_id,
             service_type: self.service.clone(),

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::config::GatewayConfig;
 use crate::shutdown::Shutdown;
-use crate::store::usage::{MAX_BATCH, StatsDelta, UsageRow};
+use crate::store::usage::{MAX_BATCH, StatsDelta, UsageRow, new_key};
 use crate::store::{Store, now_ms};
 
 struct Pending {
@@ -327,7 +327,7 @@ impl Meter {
     pub async fn write_aggregates(&self, store: &Store) {
         let taken = std::mem::take(&mut *self.aggregates.lock().unwrap_or_else(|p| p.into_inner()));
         let fresh = taken.stats.into_values().map(|d| StatsDelta {
-            token: crate::gateway::dispatch::new_id(),
+            token: new_key(),
             ..d
         });
         let mut failed = Aggregates::default();

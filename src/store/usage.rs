@@ -99,6 +99,12 @@ pub struct UsageTotal {
     pub cost: i64,
 }
 
+/// 128 random bits as 32 hex digits: a usage row's `row_key`, a stats
+/// batch's token, a request id the client did not choose.
+pub fn new_key() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
 /// The most rows one insert carries (14 placeholders each; well under
 /// SQLite's and MySQL's limits).
 pub const MAX_BATCH: usize = 1000;
