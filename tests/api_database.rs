@@ -67,12 +67,19 @@ async fn ten_instances_migrate_one_empty_mysql_at_once() {
     let dir = TempDir::new("ten-mysql");
     // The database itself does not exist yet: the instances create it.
     ten_processes_at_once(api::mysql_env(&db.url("fresh_db")), &dir).await;
-    // Two migrations (0001 workers, 0002 gateway), each applied once and
-    // completely (a half-applied one would be a row with success = 0).
+    // Every migration in migrations/mysql, each applied once and completely
+    // (a half-applied one would be a row with success = 0).
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/mysql"))
+        .expect("migrations/mysql")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
     let applied = db.sql("SELECT COUNT(*), SUM(success) FROM fresh_db._sqlx_migrations");
     assert_eq!(
         applied.trim(),
-        "2\t2",
+        format!("{files}\t{files}"),
         "each migration applied exactly once"
     );
 }

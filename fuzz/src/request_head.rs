@@ -221,8 +221,14 @@ fn check_ready(input: &Input<'_>, head: &RequestHead, out: &[u8]) {
     );
     assert!(head.body_len <= max_body, "body over max_body: {}", what());
 
-    // Everything else passes as it came, in order; nothing hop-by-hop.
+    // Everything else passes as it came, in order; nothing hop-by-hop but
+    // an upgrade's `Upgrade` lines (both halves asked for: `Upgrade` and
+    // `Connection: upgrade`), which keep their place and are followed by
+    // one `connection: upgrade` of the balancer's.
     let named = wire::tokens(&sent, "connection");
+    let upgrade =
+        named.iter().any(|t| t == "upgrade") && !wire::values(&sent, "upgrade").is_empty();
+    assert_eq!(head.upgrade, upgrade, "upgrade: {}", what());
     let mut want: Vec<Field> = Vec::new();
     let mut length_seen = false;
     for (name, value) in &sent {
@@ -230,12 +236,17 @@ fn check_ready(input: &Input<'_>, head: &RequestHead, out: &[u8]) {
             if !std::mem::replace(&mut length_seen, true) {
                 want.push((name.clone(), body_len.clone().into_bytes()));
             }
+        } else if upgrade && name.eq_ignore_ascii_case("upgrade") {
+            want.push((name.clone(), value.clone()));
         } else if !is_one_of(name, &HOP_BY_HOP)
             && !is_one_of(name, &FORWARDING)
             && !wire::removed_by_connection(name, &named)
         {
             want.push((name.clone(), value.clone()));
         }
+    }
+    if upgrade {
+        want.push(("connection".to_owned(), b"upgrade".to_vec()));
     }
     let kept: Vec<Field> = forwarded
         .iter()
@@ -287,5 +298,6 @@ fn clone(h: &RequestHead) -> RequestHead {
         idempotent: h.idempotent,
         close: h.close,
         te_trailers: h.te_trailers,
+        upgrade: h.upgrade,
     }
 }
