@@ -236,11 +236,10 @@ fn check_ready(input: &Input<'_>, head: &RequestHead, out: &[u8]) {
             if !std::mem::replace(&mut length_seen, true) {
                 want.push((name.clone(), body_len.clone().into_bytes()));
             }
-        } else if upgrade && name.eq_ignore_ascii_case("upgrade") {
-            want.push((name.clone(), value.clone()));
-        } else if !is_one_of(name, &HOP_BY_HOP)
-            && !is_one_of(name, &FORWARDING)
-            && !wire::removed_by_connection(name, &named)
+        } else if (upgrade && name.eq_ignore_ascii_case("upgrade"))
+            || (!is_one_of(name, &HOP_BY_HOP)
+                && !is_one_of(name, &FORWARDING)
+                && !wire::removed_by_connection(name, &named))
         {
             want.push((name.clone(), value.clone()));
         }
