@@ -374,7 +374,7 @@ const CONFIGS: &[(&str, &[(&str, &str)])] = &[
         "mysql-parts",
         &[
             ("MYSQL_HOST", "db.internal"),
-            ("MYSQL_PASSWORD", "s3cret-pw"),
+            ("MYSQL_PASSWORD", "placeholder-pw"),
             ("MYSQL_DATABASE", "kiro_api"),
             ("MYSQL_PORT", "3306"),
         ],
@@ -384,34 +384,34 @@ const CONFIGS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("MYSQL_HOST", "db"),
             ("MYSQL_DATABASE", "kiro-api;drop"),
-            ("MYSQL_PASSWORD", "s3cret-pw"),
+            ("MYSQL_PASSWORD", "placeholder-pw"),
         ],
     ),
     (
         "url-mysql",
         &[(
             "DATABASE_URL",
-            "mysql://root:s3cret-pw@127.0.0.1:3306/kiro_api",
+            "mysql://root:placeholder-pw@127.0.0.1:3306/kiro_api",
         )],
     ),
     (
         "url-mariadb",
         &[(
             "DATABASE_URL",
-            "mariadb://u:s3cret-pw@h:3307/app?ssl-mode=disabled",
+            "mariadb://u:placeholder-pw@h:3307/app?ssl-mode=disabled",
         )],
     ),
     (
         "url-bad-port",
-        &[("DATABASE_URL", "mysql://u:s3cret-pw@h:notaport/db")],
+        &[("DATABASE_URL", "mysql://u:placeholder-pw@h:notaport/db")],
     ),
     (
         "url-no-database",
-        &[("DATABASE_URL", "mysql://u:s3cret-pw@h:3306")],
+        &[("DATABASE_URL", "mysql://u:placeholder-pw@h:3306")],
     ),
     (
         "url-postgres",
-        &[("DATABASE_URL", "postgres://u:s3cret-pw@h/db")],
+        &[("DATABASE_URL", "postgres://u:placeholder-pw@h/db")],
     ),
     (
         "url-slash-in-password",
