@@ -72,24 +72,59 @@ fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
-fn launch(dir: &TempDir, start: u16, lb: u16, n: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cluster"))
-        .args([
-            "--instances",
-            &n.to_string(),
-            "--start-port",
-            &start.to_string(),
-        ])
-        .current_dir(&dir.0)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("BALANCER_PORT", lb.to_string())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cluster")
+/// The launcher, stopped (SIGINT, then SIGKILL) if a failed assertion
+/// leaves it running: its instances must not outlive the test.
+struct Launched(Child);
+
+impl std::ops::Deref for Launched {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Launched {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn launch(dir: &TempDir, start: u16, lb: u16, n: u16) -> Launched {
+    Launched(
+        Command::new(env!("CARGO_BIN_EXE_cluster"))
+            .args([
+                "--instances",
+                &n.to_string(),
+                "--start-port",
+                &start.to_string(),
+            ])
+            .current_dir(&dir.0)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("BALANCER_PORT", lb.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cluster"),
+    )
 }
 
 /// Collects a pipe in the background (a full pipe would stall the launcher).

@@ -103,8 +103,8 @@ impl ClusterConfig {
         }
     }
 
-    /// Every child to start, balancer last (its first health round then
-    /// finds the instances already listening).
+    /// Every child to start: the instances, the balancer, the workers
+    /// (`run` starts the last two once the instances answer).
     fn specs(&self) -> Vec<Spec> {
         const COLOURS: [u8; 6] = [32, 33, 34, 35, 36, 92];
         let mut specs: Vec<Spec> = self
@@ -192,10 +192,39 @@ pub async fn run(
     let (stop_tx, stop) = Shutdown::manual();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
-    for spec in config.specs() {
+    // The instances first; the balancer and the workers once the instances
+    // answer `/health` (or after INSTANCES_READY_WAIT): a balancer started
+    // earlier finds instances still opening their database, marks them
+    // down at its first check, and answers 503 until the next one.
+    let (instances, rest): (Vec<Spec>, Vec<Spec>) =
+        config.specs().into_iter().partition(|s| s.kind == "api");
+    for spec in instances {
         let task = supervise::supervise(exe.clone(), spec, events_tx.clone(), stop.clone());
         tasks.push(tokio::spawn(task));
     }
+    let rest_started = {
+        let (exe, events_tx, stop) = (exe.clone(), events_tx.clone(), stop.clone());
+        let ports: Vec<u16> = config.api_ports().collect();
+        tokio::spawn(async move {
+            let waited = Instant::now();
+            while Instant::now() - waited < INSTANCES_READY_WAIT {
+                if not_healthy(&ports).await.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    () = stop.wait() => return Vec::new(),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            rest.into_iter()
+                .map(|spec| {
+                    let task =
+                        supervise::supervise(exe.clone(), spec, events_tx.clone(), stop.clone());
+                    tokio::spawn(task)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
     drop(events_tx);
     tokio::spawn(announce_when_ready(config.clone(), stop.clone()));
 
@@ -214,6 +243,7 @@ pub async fn run(
     };
     tracing::info!("stopping every instance");
     let _ = stop_tx.send(true);
+    tasks.extend(rest_started.await.unwrap_or_default());
     for t in tasks {
         let _ = t.await;
     }
@@ -297,6 +327,29 @@ fn check_ports_free(ports: &[u16]) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// How long the balancer and workers wait for the instances to answer
+/// `/health` before they start anyway.
+const INSTANCES_READY_WAIT: Duration = Duration::from_secs(30);
+
+/// The ports among `ports` whose `/health` does not answer 200 now.
+async fn not_healthy(ports: &[u16]) -> Vec<u16> {
+    let probe = ports.to_vec();
+    tokio::task::spawn_blocking(move || {
+        probe
+            .into_iter()
+            .filter(|&p| {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+                !matches!(
+                    selfcheck::probe(addr, "/health", selfcheck::TIMEOUT),
+                    Ok(200)
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// Waits until every instance (and the balancer) answers `/health` with 200,
 /// then prints where to look. Warns once if that takes unusually long.
 async fn announce_when_ready(config: ClusterConfig, stop: Shutdown) {
@@ -312,21 +365,7 @@ async fn announce_when_ready(config: ClusterConfig, stop: Shutdown) {
             () = stop.wait() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let probe = targets.clone();
-        let down = tokio::task::spawn_blocking(move || {
-            probe
-                .into_iter()
-                .filter(|&p| {
-                    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-                    !matches!(
-                        selfcheck::probe(addr, "/health", selfcheck::TIMEOUT),
-                        Ok(200)
-                    )
-                })
-                .collect::<Vec<u16>>()
-        })
-        .await
-        .unwrap_or_default();
+        let down = not_healthy(&targets).await;
         if down.is_empty() {
             break;
         }
