@@ -737,7 +737,7 @@ mod tests {
         );
         let token = "s3cret-token-0123456789";
         let c = cfg(&[("LB_ADMIN_TOKEN", token)]).unwrap();
-        assert_eq!(c.ops.admin_token.as_ref().map(Secret::expose), Some(token));
+        assert_eq!(c.ops.admin_token.as_ref().map(|t| t.expose()), Some(token));
         assert!(!format!("{c:?}").contains(token), "Debug shows the token");
         let err = cfg(&[("LB_ADMIN_TOKEN", "short-secret")]).unwrap_err();
         assert!(!err.to_string().contains("short-secret"), "{err}");

@@ -344,16 +344,16 @@ fn secrets(
     if let Some((user, password)) = value(vars, "DATABASE_URL").and_then(userinfo) {
         // The two spellings of a password a message may show on purpose.
         let placeholder = password == "***" || (user, password) == ("user", "password");
-        let secret = format!("{user}:{password}@");
+        let credentials = format!("{user}:{password}@");
         // Shown as part of another variable's value, it is that value.
-        let elsewhere = vars
-            .iter()
-            .any(|(k, v)| k != "DATABASE_URL" && (k.contains(&secret) || v.contains(&secret)));
+        let elsewhere = vars.iter().any(|(k, v)| {
+            k != "DATABASE_URL" && (k.contains(&credentials) || v.contains(&credentials))
+        });
         if elsewhere {
             return;
         }
         assert!(
-            placeholder || !shown.contains(&secret),
+            placeholder || !shown.contains(&credentials),
             "the DATABASE_URL password is printed: {shown}; {}",
             what()
         );

@@ -41,7 +41,7 @@ pub fn check_key_name(name: &str) -> Result<(), String> {
 pub async fn create_key(store: &Store, name: &str) -> Result<(String, ApiKey), CreateKeyError> {
     let new = keys::generate();
     let row = store.create_key(name, &new.prefix, &new.hash).await?;
-    Ok((new.secret, row))
+    Ok((new.plaintext, row))
 }
 
 /// Runs one `api keys` action; the exit status says how it went.

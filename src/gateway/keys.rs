@@ -46,7 +46,7 @@ const CACHE_MAX: usize = 10_000;
 
 /// A new key: the secret (to print once), its shown prefix and its digest.
 pub struct NewKey {
-    pub secret: String,
+    pub plaintext: String,
     pub prefix: String,
     pub hash: String,
 }
@@ -55,11 +55,11 @@ pub struct NewKey {
 pub fn generate() -> NewKey {
     let mut bytes = [0u8; KEY_HEX / 2];
     rand::rng().fill_bytes(&mut bytes);
-    let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
+    let plaintext = format!("{KEY_PREFIX}{}", hex::encode(bytes));
     NewKey {
-        prefix: secret[..SHOWN].to_owned(),
-        hash: digest(&secret),
-        secret,
+        prefix: plaintext[..SHOWN].to_owned(),
+        hash: digest(&plaintext),
+        plaintext,
     }
 }
 
@@ -229,26 +229,26 @@ mod tests {
     fn keys_are_long_random_and_prefixed() {
         let a = generate();
         let b = generate();
-        assert_ne!(a.secret, b.secret);
-        assert!(a.secret.starts_with("hg_") && a.secret.len() == 67);
-        assert_eq!(a.prefix, &a.secret[..11]);
-        assert_eq!(a.hash, digest(&a.secret));
+        assert_ne!(a.plaintext, b.plaintext);
+        assert!(a.plaintext.starts_with("hg_") && a.plaintext.len() == 67);
+        assert_eq!(a.prefix, &a.plaintext[..11]);
+        assert_eq!(a.hash, digest(&a.plaintext));
         assert_eq!(a.hash.len(), 64);
-        assert!(!a.hash.contains(&a.secret[3..]));
+        assert!(!a.hash.contains(&a.plaintext[3..]));
         assert_eq!(
-            bearer(Some(format!("Bearer {}", a.secret).as_bytes())),
-            Ok(a.secret.as_str())
+            bearer(Some(format!("Bearer {}", a.plaintext).as_bytes())),
+            Ok(a.plaintext.as_str())
         );
         assert_eq!(
-            bearer(Some(format!("bearer  {} ", a.secret).as_bytes())),
-            Ok(a.secret.as_str())
+            bearer(Some(format!("bearer  {} ", a.plaintext).as_bytes())),
+            Ok(a.plaintext.as_str())
         );
     }
 
     #[test]
     fn bearer_refuses_what_is_not_a_key() {
         assert_eq!(bearer(None), Err(AuthError::Missing));
-        let good = generate().secret;
+        let good = generate().plaintext;
         for bad in [
             "Basic dXNlcjpwdw==".to_owned(),
             "Bearer".to_owned(),
