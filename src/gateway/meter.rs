@@ -71,6 +71,24 @@ struct Aggregates {
     key_used: HashMap<i64, i64>,
 }
 
+impl Aggregates {
+    /// Sums `d` into its worker-minute's increments not yet written.
+    fn add(&mut self, d: StatsDelta) {
+        let e = self
+            .stats
+            .entry((d.worker_id, d.interval_start))
+            .or_insert_with(|| StatsDelta {
+                worker_id: d.worker_id,
+                interval_start: d.interval_start,
+                ..StatsDelta::default()
+            });
+        e.requests += d.requests;
+        e.successes += d.successes;
+        e.failures += d.failures;
+        e.total_ms = e.total_ms.saturating_add(d.total_ms);
+    }
+}
+
 /// How long a stats batch's token is remembered.
 const STATS_TOKENS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
@@ -163,21 +181,15 @@ impl Meter {
         let now = now_ms();
         let minute = now - now.rem_euclid(60_000);
         let mut agg = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
-        let d = agg
-            .stats
-            .entry((worker_id, minute))
-            .or_insert_with(|| StatsDelta {
-                worker_id,
-                interval_start: minute,
-                ..StatsDelta::default()
-            });
-        d.requests += 1;
-        if ok {
-            d.successes += 1;
-        } else {
-            d.failures += 1;
-        }
-        d.total_ms += i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+        agg.add(StatsDelta {
+            worker_id,
+            interval_start: minute,
+            requests: 1,
+            successes: i64::from(ok),
+            failures: i64::from(!ok),
+            total_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+            token: String::new(),
+        });
     }
 
     /// Queues a row. The returned future resolves once the row is committed,
@@ -320,33 +332,52 @@ impl Meter {
         }
     }
 
-    /// Writes what the aggregates hold: each worker-minute's increments as
-    /// one batch with a fresh token, and the batches that failed before
-    /// with theirs (applied once whatever became of their first commit).
-    /// What fails again is kept for the next round.
+    /// Writes what the aggregates hold: first the batches that failed before,
+    /// with their tokens (applied once whatever became of their first
+    /// commit); then, only once none is left, each worker-minute's new
+    /// increments as one batch with a fresh token. While the database
+    /// fails, new increments keep summing in memory instead of piling up
+    /// as batches, so the retry list stays as long as it was when the
+    /// failures began.
     pub async fn write_aggregates(&self, store: &Store) {
         let taken = std::mem::take(&mut *self.aggregates.lock().unwrap_or_else(|p| p.into_inner()));
-        let fresh = taken.stats.into_values().map(|d| StatsDelta {
-            token: new_key(),
-            ..d
-        });
         let mut failed = Aggregates::default();
-        for d in taken.retry.into_iter().chain(fresh) {
+        let mut pending = taken.retry.into_iter();
+        for d in pending.by_ref() {
             if let Err(e) = store.add_worker_stats(&d).await {
                 tracing::debug!(error = %e, worker_id = d.worker_id, "worker stats not written yet");
                 failed.retry.push(d);
+                break;
             }
+        }
+        failed.retry.extend(pending);
+        if failed.retry.is_empty() {
+            for d in taken.stats.into_values() {
+                let d = StatsDelta {
+                    token: new_key(),
+                    ..d
+                };
+                if let Err(e) = store.add_worker_stats(&d).await {
+                    tracing::debug!(error = %e, worker_id = d.worker_id, "worker stats not written yet");
+                    failed.retry.push(d);
+                }
+            }
+        } else {
+            failed.stats = taken.stats;
         }
         for (key_id, at) in taken.key_used {
             if store.touch_key(key_id, at).await.is_err() {
                 failed.key_used.insert(key_id, at);
             }
         }
-        if failed.retry.is_empty() && failed.key_used.is_empty() {
+        if failed.retry.is_empty() && failed.stats.is_empty() && failed.key_used.is_empty() {
             return;
         }
         let mut agg = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
         agg.retry.append(&mut failed.retry);
+        for d in failed.stats.into_values() {
+            agg.add(d);
+        }
         for (key_id, at) in failed.key_used {
             let e = agg.key_used.entry(key_id).or_insert(0);
             *e = (*e).max(at);
